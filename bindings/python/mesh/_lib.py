@@ -1,0 +1,214 @@
+"""Finds libmesh.so and declares the C prototypes of its public API.
+
+Every function is declared here with argtypes and restype, so that a wrong
+argument is a Python TypeError rather than a corrupted stack, and so that
+pointers are never truncated to a C int. Handles are typed pointers to
+distinct opaque structures: passing a split where a profile is expected is
+refused by ctypes.
+"""
+
+import ctypes
+import ctypes.util
+import os
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_int32,
+                    c_int64, c_size_t, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p)
+
+__all__ = ["lib", "path"]
+
+SONAME = "libmesh.so.0"
+
+
+class _Opaque(Structure):
+    """Base for the opaque C structures: only pointers to them are used."""
+
+
+class mesh_ctx(_Opaque):
+    pass
+
+
+class mesh_diags(_Opaque):
+    pass
+
+
+class mesh_manifest(_Opaque):
+    pass
+
+
+class mesh_profile(_Opaque):
+    pass
+
+
+class mesh_route(_Opaque):
+    pass
+
+
+class mesh_split(_Opaque):
+    pass
+
+
+class mesh_budget(_Opaque):
+    pass
+
+
+ctx_p = POINTER(mesh_ctx)
+diags_p = POINTER(mesh_diags)
+manifest_p = POINTER(mesh_manifest)
+profile_p = POINTER(mesh_profile)
+route_p = POINTER(mesh_route)
+split_p = POINTER(mesh_split)
+budget_p = POINTER(mesh_budget)
+
+# size_t (size_t)-1, as mesh_split_pick returns for an unsealed split.
+SIZE_MAX = (1 << (8 * ctypes.sizeof(c_size_t))) - 1
+
+# Callback types (mesh/ctx.h). The log hook receives the line as char *.
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int, c_char_p)
+RANDOM_FN = CFUNCTYPE(c_int, c_void_p, POINTER(c_uint8), c_size_t)
+
+# name: (restype, [argtypes]). The whole public API of mesh/*.h.
+_PROTOTYPES = {
+    # error.h
+    "mesh_strerror": (c_char_p, [c_int]),
+    "mesh_version_num": (c_uint32, []),
+    "mesh_version_string": (c_char_p, []),
+    # ctx.h (the allocator variant is not bound: Python has no use for it)
+    "mesh_ctx_new": (c_int, [POINTER(ctx_p)]),
+    "mesh_ctx_free": (None, [ctx_p]),
+    "mesh_ctx_set_log": (c_int, [ctx_p, c_int, LOG_FN, c_void_p]),
+    "mesh_ctx_set_random": (c_int, [ctx_p, RANDOM_FN, c_void_p]),
+    "mesh_ctx_random": (c_int, [ctx_p, POINTER(c_uint8), c_size_t]),
+    # diag.h
+    "mesh_diags_new": (c_int, [ctx_p, POINTER(diags_p)]),
+    "mesh_diags_free": (None, [diags_p]),
+    "mesh_diags_clear": (None, [diags_p]),
+    "mesh_diags_count": (c_size_t, [diags_p]),
+    "mesh_diags_errors": (c_size_t, [diags_p]),
+    "mesh_diags_severity": (c_int, [diags_p, c_size_t]),
+    "mesh_diags_file": (c_char_p, [diags_p, c_size_t]),
+    "mesh_diags_line": (c_uint32, [diags_p, c_size_t]),
+    "mesh_diags_column": (c_uint32, [diags_p, c_size_t]),
+    "mesh_diags_message": (c_char_p, [diags_p, c_size_t]),
+    "mesh_diags_text": (c_char_p, [diags_p, c_size_t]),
+    # manifest.h
+    "mesh_manifest_load_buffer": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
+                                          POINTER(manifest_p)]),
+    "mesh_manifest_load_file": (c_int, [ctx_p, c_char_p, diags_p, POINTER(manifest_p)]),
+    "mesh_manifest_free": (None, [manifest_p]),
+    "mesh_manifest_count": (c_size_t, [manifest_p]),
+    "mesh_manifest_kind": (c_int, [manifest_p, c_size_t]),
+    "mesh_manifest_kind_name": (c_char_p, [manifest_p, c_size_t]),
+    "mesh_manifest_api_version": (c_char_p, [manifest_p, c_size_t]),
+    "mesh_manifest_name": (c_char_p, [manifest_p, c_size_t]),
+    "mesh_manifest_namespace": (c_char_p, [manifest_p, c_size_t]),
+    "mesh_manifest_line": (c_uint32, [manifest_p, c_size_t]),
+    "mesh_manifest_profile": (profile_p, [manifest_p, c_size_t]),
+    "mesh_manifest_split": (split_p, [manifest_p, c_size_t]),
+    # profile.h
+    "mesh_profile_parse": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
+                                   POINTER(profile_p)]),
+    "mesh_profile_ref": (profile_p, [profile_p]),
+    "mesh_profile_unref": (None, [profile_p]),
+    "mesh_profile_name": (c_char_p, [profile_p]),
+    "mesh_profile_namespace": (c_char_p, [profile_p]),
+    "mesh_profile_route_count": (c_size_t, [profile_p]),
+    "mesh_profile_route": (route_p, [profile_p, c_size_t]),
+    "mesh_profile_match": (route_p, [profile_p, c_char_p, c_char_p, c_size_t]),
+    "mesh_route_name": (c_char_p, [route_p]),
+    "mesh_route_timeout_ms": (c_uint64, [route_p]),
+    "mesh_route_is_retryable": (c_int, [route_p]),
+    "mesh_route_index": (c_size_t, [route_p]),
+    "mesh_route_classify": (c_int, [route_p, c_uint32, c_int32]),
+    "mesh_route_retry_budget": (c_int, [route_p, POINTER(c_double), POINTER(c_uint32),
+                                        POINTER(c_uint64)]),
+    "mesh_profile_retry_budget": (None, [profile_p, POINTER(c_double), POINTER(c_uint32),
+                                         POINTER(c_uint64)]),
+    "mesh_profile_dst_overrides": (split_p, [profile_p]),
+    "mesh_profile_opaque_port_count": (c_size_t, [profile_p]),
+    "mesh_profile_opaque_port": (c_uint16, [profile_p, c_size_t]),
+    "mesh_profile_with_split": (c_int, [ctx_p, profile_p, split_p, c_char_p, c_uint16,
+                                        POINTER(profile_p)]),
+    # The result is a char * that we must free: c_void_p keeps the address
+    # (c_char_p would copy it into bytes and lose the pointer).
+    "mesh_profile_from_openapi": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, c_char_p,
+                                          c_char_p, diags_p, POINTER(c_void_p)]),
+    "mesh_free_string": (None, [ctx_p, c_void_p]),
+    # split.h
+    "mesh_split_parse": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
+                                 POINTER(split_p)]),
+    "mesh_split_new": (c_int, [ctx_p, c_char_p, c_char_p, POINTER(split_p)]),
+    "mesh_split_add": (c_int, [split_p, c_char_p, c_uint64]),
+    "mesh_split_seal": (c_int, [split_p]),
+    "mesh_split_ref": (split_p, [split_p]),
+    "mesh_split_unref": (None, [split_p]),
+    "mesh_split_service": (c_char_p, [split_p]),
+    "mesh_split_namespace": (c_char_p, [split_p]),
+    "mesh_split_count": (c_size_t, [split_p]),
+    "mesh_split_backend": (c_char_p, [split_p, c_size_t]),
+    "mesh_split_weight_milli": (c_uint64, [split_p, c_size_t]),
+    "mesh_split_weight": (c_uint32, [split_p, c_size_t]),
+    "mesh_split_pick": (c_size_t, [split_p, c_uint32]),
+    # retry.h
+    "mesh_budget_new": (c_int, [ctx_p, c_double, c_uint32, c_uint64, c_uint64,
+                                POINTER(budget_p)]),
+    "mesh_budget_free": (None, [budget_p]),
+    "mesh_budget_deposit": (None, [budget_p, c_uint64]),
+    "mesh_budget_withdraw": (c_int, [budget_p, c_uint64]),
+    "mesh_budget_balance": (c_int64, [budget_p, c_uint64]),
+    "mesh_backoff_ms": (c_uint64, [c_uint64, c_uint64, c_uint32, c_uint32]),
+}
+
+
+def _candidates():
+    """Where to look, in order, with a label for the error message."""
+    env = os.environ.get("MESH_LIBRARY")
+    if env:
+        # An explicit choice is final: falling back to another copy would
+        # hide the mistake.
+        return [(env, "MESH_LIBRARY")]
+    out = []
+    found = ctypes.util.find_library("mesh")
+    if found:
+        out.append((found, "ctypes.util.find_library('mesh')"))
+    if found != SONAME:
+        out.append((SONAME, "the dynamic loader's search path"))
+    return out
+
+
+def _load():
+    tried = []
+    for name, how in _candidates():
+        try:
+            cdll = ctypes.CDLL(name)
+        except OSError as e:
+            tried.append("  %s (%s): %s" % (name, how, e))
+            continue
+        if not hasattr(cdll, "mesh_version_num"):
+            # find_library('mesh') can name some other project's libmesh.
+            tried.append("  %s (%s): not libmesh (no mesh_version_num)" % (name, how))
+            continue
+        return cdll, name
+    raise ImportError(
+        "libmesh shared library not found; tried:\n%s\n"
+        "Set MESH_LIBRARY to the full path of libmesh.so "
+        "(e.g. <builddir>/libmesh/libmesh.so), or install libmesh where the "
+        "dynamic loader finds it (ldconfig, LD_LIBRARY_PATH)." % "\n".join(tried),
+        name="mesh")
+
+
+def _declare(cdll, path):
+    missing = []
+    for fname, (restype, argtypes) in _PROTOTYPES.items():
+        try:
+            fn = getattr(cdll, fname)
+        except AttributeError:
+            missing.append(fname)
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+    if missing:
+        raise ImportError("%s lacks %d libmesh function(s): %s (too old a library?)"
+                          % (path, len(missing), ", ".join(missing)), name="mesh", path=path)
+
+
+lib, path = _load()
+_declare(lib, path)

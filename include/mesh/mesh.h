@@ -1,0 +1,15 @@
+/* libmesh: the whole public API. Include this one header. */
+#ifndef MESH_MESH_H
+#define MESH_MESH_H
+
+#include <mesh/version.h>
+#include <mesh/common.h>
+#include <mesh/error.h>
+#include <mesh/ctx.h>
+#include <mesh/diag.h>
+#include <mesh/manifest.h>
+#include <mesh/profile.h>
+#include <mesh/split.h>
+#include <mesh/retry.h>
+
+#endif
