@@ -84,7 +84,7 @@ static const struct kind_def *classify(mesh__reader *r, const mesh__node *api_no
     group_known = true;
     if (strcasecmp(k->kind, kind) != 0) continue;
     if (strcmp(k->kind, kind) != 0)
-      mesh__warn(r, kind_node, "kind '%s' is spelled '%s' in %.*s; loading it as %s", kind,
+      mesh__warn(r, kind_node, "'%s' is spelled '%s' in %.*s; loading it as %s", kind,
                  k->kind, (int)glen, api, k->kind);
     for (const char *const *v = k->versions; *v; v++)
       if (strcmp(*v, version) == 0) return k;
@@ -187,7 +187,7 @@ static int load_doc(mesh__reader *r, const mesh__node *root, doc *d) {
 
 void mesh_manifest_free(mesh_manifest *m) {
   if (!m) return;
-  for (size_t i = 0; i < m->n; i++) {
+  for (size_t i = 0; m->docs && i < m->n; i++) {
     mesh_profile_unref(m->docs[i].profile);
     mesh_split_unref(m->docs[i].split);
   }

@@ -14,7 +14,8 @@
 
 void mesh__node_free(mesh_ctx *ctx, mesh__node *n) {
   if (!n) return;
-  size_t kids = n->type == MESH_NODE_MAP ? 2 * n->n : n->n;
+  /* An open map (parse stopped inside it) counts its pushed kids in len. */
+  size_t kids = n->type != MESH_NODE_MAP ? n->n : n->len > 2 * n->n ? n->len : 2 * n->n;
   for (size_t i = 0; i < kids; i++) mesh__node_free(ctx, n->kids[i]);
   mesh__free(ctx, n->kids);
   mesh__free(ctx, n->str);

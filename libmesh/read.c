@@ -309,17 +309,22 @@ int mesh__parse_quantity_milli(const char *s, size_t len, int64_t *out, const ch
   uint64_t mant = 0;
   int frac_digits = 0;
   size_t digits = 0;
-  bool overflow = false;
+  bool overflow = false, dropped = false; /* dropped: nonzero fraction digits not kept */
   for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++)
     if (__builtin_mul_overflow(mant, 10, &mant) ||
         __builtin_add_overflow(mant, (uint64_t)(s[i] - '0'), &mant))
       overflow = true;
   if (i < len && s[i] == '.') {
     for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
-      if (frac_digits >= 18) continue; /* below 1e-18 nothing survives milli rounding but "up" */
-      if (__builtin_mul_overflow(mant, 10, &mant) ||
-          __builtin_add_overflow(mant, (uint64_t)(s[i] - '0'), &mant))
-        overflow = true;
+      /* Digits past what mant can hold only decide rounding up: a long
+       * fraction ("99.999999999999999999") is not an overflow. */
+      uint64_t next;
+      if (frac_digits >= 18 || __builtin_mul_overflow(mant, 10, &next) ||
+          __builtin_add_overflow(next, (uint64_t)(s[i] - '0'), &next)) {
+        dropped = dropped || s[i] != '0';
+        continue;
+      }
+      mant = next;
       frac_digits++;
     }
   }
@@ -339,12 +344,17 @@ int mesh__parse_quantity_milli(const char *s, size_t len, int64_t *out, const ch
   else if (slen == 2 && suf[1] == 'i' && strchr("KMGTPE", suf[0]) && suf[0])
     bin = (unsigned)(strchr("KMGTPE", suf[0]) - "KMGTPE") + 1;
   else if (slen >= 2 && (*suf == 'e' || *suf == 'E')) {
-    char *end;
-    errno = 0;
-    long e = strtol(suf + 1, &end, 10);
-    if (end != s + len || errno || e > 30 || e < -30)
-      return *why = "bad exponent", MESH_ERR_PARSE;
-    exp10 += (int)e;
+    /* Read by hand rather than with strtol, which would take leading
+     * spaces ("1e 3") and read past len when s is not NUL-terminated there. */
+    size_t d = suf[1] == '+' || suf[1] == '-' ? 2 : 1;
+    int e = 0;
+    if (d == slen) return *why = "bad exponent", MESH_ERR_PARSE;
+    for (; d < slen; d++) {
+      if (suf[d] < '0' || suf[d] > '9' || e > 30) return *why = "bad exponent", MESH_ERR_PARSE;
+      e = e * 10 + (suf[d] - '0');
+    }
+    if (e > 30) return *why = "bad exponent", MESH_ERR_PARSE;
+    exp10 += suf[1] == '-' ? -e : e;
   } else
     return *why = "unknown suffix (use m, k, M, G, Ki, Mi, Gi or an exponent)", MESH_ERR_PARSE;
   if (overflow) return *why = "quantity is too large", MESH_ERR_RANGE;
@@ -357,8 +367,8 @@ int mesh__parse_quantity_milli(const char *s, size_t len, int64_t *out, const ch
       return *why = "quantity is too large", MESH_ERR_RANGE;
   } else {
     uint64_t p;
-    if (pow10_u64((unsigned)-exp10, &p) < 0) v = mant ? 1 : 0;
-    else v = mant / p + (mant % p ? 1 : 0);
+    if (pow10_u64((unsigned)-exp10, &p) < 0) v = mant || dropped ? 1 : 0;
+    else v = mant / p + (mant % p || dropped ? 1 : 0);
   }
   if (v > (uint64_t)INT64_MAX) return *why = "quantity is too large", MESH_ERR_RANGE;
   *out = neg ? -(int64_t)v : (int64_t)v;

@@ -69,7 +69,8 @@ int mesh_budget_new(mesh_ctx *ctx, double ratio, uint32_t min_per_sec, uint64_t 
   b->deposit_amount = deposit;
   b->withdraw_amount = withdraw;
   b->reserve = reserve;
-  b->window_ms = ttl_ms / BUDGET_WINDOWS;
+  /* Rounded up, so that ten windows cover at least the ttl. */
+  b->window_ms = (ttl_ms + BUDGET_WINDOWS - 1) / BUDGET_WINDOWS;
   b->window_start = now_ms;
   *ret = b;
   return 0;

@@ -74,10 +74,11 @@ int mesh_split_add(mesh_split *s, const char *name, uint64_t weight_milli) {
 /* floor(a * MESH_WEIGHT_TOTAL / t) and its remainder, for a <= t, without a
  * 128-bit type: shift-and-add over the bits of the multiplier, keeping the
  * partial product reduced modulo t so nothing overflows even near 2^64. */
+_Static_assert(MESH_WEIGHT_TOTAL < (1u << 14), "scale_to_total walks 14 bits");
 static uint32_t scale_to_total(uint64_t a, uint64_t t, uint64_t *rem) {
   uint32_t q = 0;
   uint64_t r = 0;
-  for (int bit = 13; bit >= 0; bit--) { /* MESH_WEIGHT_TOTAL < 2^14 */
+  for (int bit = 13; bit >= 0; bit--) {
     q <<= 1;
     if (r >= t - r) r -= t - r, q++;
     else r += r;

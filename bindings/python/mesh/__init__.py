@@ -1,0 +1,67 @@
+"""libmesh for Python: ctypes bindings to the service mesh library.
+
+    import mesh
+    m = mesh.Manifest.load("exam-api-profile.yaml")
+    profile = m.profiles[0]
+    route = profile.match("GET", "/api/v1/exams/42/questions")
+    route.name, route.timeout_ms, route.classify(503)
+
+The library is found through the environment variable MESH_LIBRARY (the full
+path of libmesh.so), else ctypes.util.find_library("mesh"), else the dynamic
+loader's search path for libmesh.so.0. Standard library only; Python 3.9+.
+
+Thread safety follows the C library: profiles and sealed splits are
+immutable and may be shared between threads, budgets are thread-safe, and
+everything else is used by one thread at a time.
+"""
+
+from ._lib import lib as _clib
+from ._lib import path as library_path
+from .context import (LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN, Context, default_context)
+from .errors import (AgainError, ClosedError, ConnectError, DeniedError, Diagnostic,
+                     ExpiredError, IdentityError, InvalidArgument, LimitError, MeshError,
+                     MeshIOError, MeshTimeoutError, NoMemory, NotFound, ParseError, RangeError,
+                     TLSError, UnavailableError, Unsupported, strerror)
+from .manifest import Document, Kind, Manifest
+from .profile import (DEFAULT_BUDGET, ROUTE_DEFAULT_TIMEOUT_MS, Profile, RetryBudget, Route,
+                      classify_default)
+from .retry import BACKOFF_BASE_MS, BACKOFF_MAX_MS, Budget, backoff_ms, now_ms
+from .split import WEIGHT_TOTAL, Backend, Split
+
+# Exceptions show as mesh.ParseError etc., wherever they are defined.
+for _cls in (MeshError, Diagnostic):
+    _cls.__module__ = __name__
+del _cls
+
+
+def version() -> str:
+    """The version of the libmesh library loaded, e.g. "0.1.0"."""
+    return _clib.mesh_version_string().decode("ascii", "replace")
+
+
+def version_num() -> int:
+    """The loaded library's MESH_VERSION_NUM: 0xMMmmpp."""
+    return _clib.mesh_version_num()
+
+
+def version_info() -> tuple:
+    """(major, minor, patch) of the loaded library."""
+    n = version_num()
+    return (n >> 16) & 0xFF, (n >> 8) & 0xFF, n & 0xFF
+
+
+__version__ = version()
+
+__all__ = [
+    "version", "version_num", "version_info", "library_path", "strerror",
+    "Context", "default_context", "LOG_ERROR", "LOG_WARN", "LOG_INFO", "LOG_DEBUG",
+    "Diagnostic", "MeshError", "NoMemory", "InvalidArgument", "ParseError", "NotFound",
+    "RangeError", "MeshIOError", "LimitError", "Unsupported", "TLSError", "IdentityError",
+    "ExpiredError", "DeniedError", "MeshTimeoutError", "ConnectError", "ClosedError",
+    "AgainError", "UnavailableError",
+    "Manifest", "Document", "Kind",
+    "Profile", "Route", "RetryBudget", "classify_default", "DEFAULT_BUDGET",
+    "ROUTE_DEFAULT_TIMEOUT_MS",
+    "Split", "Backend", "WEIGHT_TOTAL",
+    "Budget", "backoff_ms", "now_ms", "BACKOFF_BASE_MS", "BACKOFF_MAX_MS",
+]
