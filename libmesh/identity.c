@@ -3,9 +3,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include <mbedtls/asn1.h>
+#include <mbedtls/bignum.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/md.h>
+#include <mbedtls/pem.h>
+#include <mbedtls/x509.h>
 #include <mbedtls/platform_util.h>
 
 #include <mesh/error.h>

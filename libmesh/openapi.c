@@ -9,6 +9,7 @@
 #include "ctx_internal.h"
 #include "diag_internal.h"
 #include "node_internal.h"
+#include "regex_internal.h"
 
 /* A generated profile has at most this many routes: every request walks the
  * route list, so a spec with more operations wants a hand-made profile. */
@@ -22,6 +23,7 @@ static const struct {
     {"delete", "DELETE"}, {"get", "GET"},   {"head", "HEAD"}, {"options", "OPTIONS"},
     {"patch", "PATCH"},   {"post", "POST"}, {"put", "PUT"},
 };
+#define NOPS (sizeof operations / sizeof operations[0])
 
 /* The YAML text being written, and what it will cost the manifest loader
  * to read back: the output must load, so it must fit the loader's limits. */
@@ -269,7 +271,8 @@ static void collect_statuses(gen *g, const mesh__node *responses, bool seen[600]
     const char *k = responses->kids[2 * i]->str;
     size_t kl = strlen(k);
     if (kl == 0 || strspn(k, "0123456789") != kl) continue;
-    unsigned long code = kl > 4 ? 1000 : strtoul(k, NULL, 10);
+    size_t zeros = strspn(k, "0"); /* Go's Atoi reads "0404" as 404 */
+    unsigned long code = kl - zeros > 3 ? 1000 : strtoul(k + zeros, NULL, 10);
     if (code >= 100 && code <= 599)
       seen[code] = true;
     else
@@ -296,6 +299,8 @@ static void emit_route(gen *g, const char *method, const char *path, const char 
       ; /* Linkerd takes an empty timeout as none */
     else if (mesh__parse_duration_ns(tn->str, tn->len, &ns, &why) < 0)
       mesh__error(&g->r, tn, "invalid duration '%s': %s", tn->str, why);
+    else if (ns == 0)
+      mesh__error(&g->r, tn, "a route timeout must be greater than zero");
     else
       timeout = tn->str;
   }
@@ -328,11 +333,6 @@ static void emit_route(gen *g, const char *method, const char *path, const char 
     o->nodes += 11;
   }
   if (timeout) put_quoted_field(o, "    ", "timeout", timeout);
-}
-
-static int cmp_paths(const void *a, const void *b) {
-  const mesh__node *x = *(mesh__node *const *)a, *y = *(mesh__node *const *)b;
-  return strcmp(x->key, y->key); /* byte order, as Go's sort.Strings */
 }
 
 /* OpenAPI 3's servers carry the prefix that Swagger 2 put in basePath, but
@@ -382,32 +382,94 @@ static void check_version(gen *g, const mesh__node *root) {
   }
 }
 
-/* One path item: a route per operation, in Linkerd's method order. */
-static void emit_path(gen *g, const char *base, const mesh__node *item) {
-  if (is_null(item)) return;
-  if (!mesh__want_map(&g->r, item)) return;
-  char *path = join_path(g->r.ctx, base, item->key);
-  char *regex = path ? mesh__malloc(g->r.ctx, path_regex(path, NULL) + 1) : NULL;
-  if (!regex) {
-    mesh__free(g->r.ctx, path);
+/* One path item, once its path is joined and cleaned. Two items can clean
+ * to one path ("/a" and "/a/"): Linkerd would then print two routes of one
+ * name, which a profile may not have, and the second could never match. */
+typedef struct {
+  const mesh__node *item;
+  char *path;                  /* NULL when the item makes no route */
+  unsigned methods;            /* bit m: operations[m] is written */
+  const char *made_by[NOPS];   /* the earlier item that made the same route, if any */
+} entry;
+
+static int cmp_entries(const void *a, const void *b) {
+  const entry *x = a, *y = b;
+  return strcmp(x->item->key, y->item->key); /* byte order, as Go's sort.Strings */
+}
+
+static int cmp_by_path(const void *a, const void *b) {
+  const entry *x = *(entry *const *)a, *y = *(entry *const *)b;
+  int c = strcmp(x->path, y->path);
+  return c ? c : (x > y) - (x < y); /* ties keep the order routes are written in */
+}
+
+/* Marks the operations whose route an earlier item already made. */
+static void find_repeats(gen *g, entry *e, size_t n) {
+  entry **byp = mesh__calloc(g->r.ctx, n ? n : 1, sizeof *byp);
+  if (!byp) {
     g->r.nomem = 1;
     return;
   }
-  path_regex(path, regex);
-  for (size_t m = 0; m < sizeof operations / sizeof operations[0] && !g->limit; m++) {
-    const mesh__node *op = mesh__node_get(item, operations[m].key);
-    if (!op || is_null(op)) continue;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (e[i].path) byp[k++] = &e[i];
+  qsort(byp, k, sizeof *byp, cmp_by_path);
+  const char *owner[NOPS] = {NULL};
+  for (size_t i = 0; i < k; i++) {
+    if (i == 0 || strcmp(byp[i - 1]->path, byp[i]->path) != 0)
+      for (size_t m = 0; m < NOPS; m++) owner[m] = NULL;
+    for (size_t m = 0; m < NOPS; m++) {
+      if (!(byp[i]->methods & (1u << m))) continue;
+      if (owner[m]) byp[i]->made_by[m] = owner[m];
+      else owner[m] = byp[i]->item->key;
+    }
+  }
+  mesh__free(g->r.ctx, byp);
+}
+
+/* Reads one path item: its cleaned path and which operations it has. */
+static void read_entry(gen *g, const char *base, entry *e) {
+  if (is_null(e->item) || !mesh__want_map(&g->r, e->item)) return;
+  for (size_t m = 0; m < NOPS; m++) {
+    const mesh__node *op = mesh__node_get(e->item, operations[m].key);
+    if (op && !is_null(op)) e->methods |= 1u << m;
+  }
+  if (!e->methods) return;
+  if (!(e->path = join_path(g->r.ctx, base, e->item->key))) g->r.nomem = 1;
+}
+
+/* The routes of one path item, in Linkerd's method order. */
+static void emit_entry(gen *g, const entry *e) {
+  size_t rlen = path_regex(e->path, NULL);
+  if (rlen > MESH__REGEX_MAX_LEN) {
+    mesh__error(&g->r, e->item, "the path is too long: its pathRegex would be %zu bytes (at most %u)",
+                rlen, MESH__REGEX_MAX_LEN);
+    return;
+  }
+  char *regex = mesh__malloc(g->r.ctx, rlen + 1);
+  if (!regex) {
+    g->r.nomem = 1;
+    return;
+  }
+  path_regex(e->path, regex);
+  for (size_t m = 0; m < NOPS && !g->limit; m++) {
+    if (!(e->methods & (1u << m))) continue;
+    const mesh__node *op = mesh__node_get(e->item, operations[m].key);
     if (!mesh__want_map(&g->r, op)) continue;
+    if (e->made_by[m]) {
+      mesh__warn(&g->r, op, "route '%s %s' is already made from paths.%s; ignored",
+                 operations[m].method, e->path, e->made_by[m]);
+      continue;
+    }
     if (++g->routes > MAX_ROUTES) {
       mesh__error(&g->r, op, "more than %u operations: a generated profile is limited to %u routes",
                   MAX_ROUTES, MAX_ROUTES);
       g->limit = true;
       break;
     }
-    emit_route(g, operations[m].method, path, regex, op);
+    emit_route(g, operations[m].method, e->path, regex, op);
   }
   mesh__free(g->r.ctx, regex);
-  mesh__free(g->r.ctx, path);
 }
 
 static void emit_profile(gen *g, const mesh__node *root, const char *name, const char *ns) {
@@ -430,21 +492,25 @@ static void emit_profile(gen *g, const mesh__node *root, const char *name, const
   put_open(o, "  ", "routes");
 
   size_t n = paths && paths->type == MESH_NODE_MAP ? paths->n : 0, k = 0;
-  const mesh__node **items = mesh__calloc(g->r.ctx, n ? n : 1, sizeof *items);
-  if (!items) {
+  entry *e = mesh__calloc(g->r.ctx, n ? n : 1, sizeof *e);
+  if (!e) {
     g->r.nomem = 1;
     return;
   }
   for (size_t i = 0; i < n; i++) {
     const mesh__node *key = paths->kids[2 * i], *val = paths->kids[2 * i + 1];
     if (key->str[0] == '/')
-      items[k++] = val;
+      e[k++].item = val;
     else if (strncmp(key->str, "x-", 2) != 0 && strncmp(key->str, "X-", 2) != 0)
       mesh__warn(&g->r, val, "a path must start with '/'; ignored");
   }
-  qsort(items, k, sizeof *items, cmp_paths);
-  for (size_t i = 0; i < k && !g->limit && !g->r.nomem; i++) emit_path(g, base, items[i]);
-  mesh__free(g->r.ctx, items);
+  qsort(e, k, sizeof *e, cmp_entries);
+  for (size_t i = 0; i < k && !g->r.nomem; i++) read_entry(g, base, &e[i]);
+  if (!g->r.nomem) find_repeats(g, e, k);
+  for (size_t i = 0; i < k && !g->limit && !g->r.nomem; i++)
+    if (e[i].path) emit_entry(g, &e[i]);
+  for (size_t i = 0; i < k; i++) mesh__free(g->r.ctx, e[i].path);
+  mesh__free(g->r.ctx, e);
   if (g->routes == 0 && !g->r.errors)
     mesh__error(&g->r, paths ? paths : root,
                 "no operations under 'paths': a ServiceProfile needs at least one route");

@@ -1,4 +1,4 @@
-/* libmesh ServiceProfiles: compiled routes, response classes, retry budgets and dstOverrides; alloc-free match and classify. */
+/* libmesh ServiceProfiles: compiled routes, classes, budgets, dstOverrides; alloc-free match. */
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -235,7 +235,8 @@ static void compile_path(compiler *c, const mesh__node *map, cond *out) {
   size_t off = 0;
   int rc = mesh__regex_compile(c->ctx, pat, v->len, &out->path, why, sizeof why, &off);
   if (rc == MESH_ERR_NOMEM) c->oom = true;
-  else if (rc < 0) mesh__error(c->r, v, "invalid pathRegex '%s': %s (at offset %zu)", pat, why, off);
+  else if (rc < 0)
+    mesh__error(c->r, v, "invalid pathRegex '%s': %s (at offset %zu)", pat, why, off);
 }
 
 static void compile_status(compiler *c, const mesh__node *st, cond *out) {
@@ -430,7 +431,8 @@ static void compile_routes(compiler *c, const mesh__node *v, route_set *rs) {
 static bool split_ok(compiler *c, const mesh__node *at, int rc) {
   if (rc == 0) return true;
   if (rc == MESH_ERR_NOMEM) c->oom = true;
-  else if (rc == MESH_ERR_RANGE) mesh__error(c->r, at, "the weights add up to more than can be counted");
+  else if (rc == MESH_ERR_RANGE)
+    mesh__error(c->r, at, "the weights add up to more than can be counted");
   else mesh__error(c->r, at, "cannot build the split: %s", mesh_strerror(rc));
   return false;
 }
@@ -462,7 +464,8 @@ static void compile_dst_overrides(compiler *c, const mesh__node *v, const char *
       } else {
         for (size_t k = 0; k < i; k++)
           if (auth[k] && strcmp(auth[k], auth[i]) == 0) {
-            mesh__error(c->r, an, "authority '%s' is already listed at dstOverrides[%zu]", auth[i], k);
+            mesh__error(c->r, an, "authority '%s' is already listed at dstOverrides[%zu]", auth[i],
+                        k);
             break;
           }
       }
@@ -649,8 +652,9 @@ int mesh_profile_parse(mesh_ctx *ctx, const char *file, const char *buf, size_t 
     const mesh__node *root = mesh__manifest_node(m, 0);
     const mesh__node *kind = mesh__node_get(root, "kind");
     const char *api = mesh_manifest_api_version(m, 0), *kn = mesh_manifest_kind_name(m, 0);
-    mesh__error(&r, kind ? kind : root, "expected a ServiceProfile (linkerd.io/v1alpha2), found %s %s",
-                api ? api : "?", kn ? kn : "?");
+    mesh__error(&r, kind ? kind : root,
+                "expected a ServiceProfile (linkerd.io/v1alpha2), found %s %s", api ? api : "?",
+                kn ? kn : "?");
   }
   if (r.errors == 0) *ret = mesh_profile_ref(mesh_manifest_profile(m, 0));
   mesh_manifest_free(m);

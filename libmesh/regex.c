@@ -1,4 +1,4 @@
-/* libmesh route regexes: RE2-dialect check, anchored PCRE2 compile (JIT when possible), alloc-free match. */
+/* libmesh route regexes: RE2 dialect check, anchored PCRE2 compile (JIT), alloc-free match. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <pthread.h>
@@ -28,16 +28,40 @@ struct mesh__regex {
 
 typedef struct {
   const char *what; /* static: the construct, for the message */
-  size_t at;        /* its offset in the pattern */
+  size_t at, len;   /* where it is in the pattern, and how much to quote */
+  bool unsupported; /* valid PCRE2 but not RE2 (else plain bad syntax) */
+  const char *hint; /* static, may be NULL */
   bool open_quote;  /* the pattern ends inside \Q... with no \E */
 } dialect;
 
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
-static bool refuse(dialect *d, size_t at, const char *what) {
+/* Refuses a PCRE-only construct of len bytes at p[at]. */
+static bool refuse(dialect *d, size_t at, size_t len, const char *what) {
   d->what = what;
   d->at = at;
+  d->len = len;
+  d->unsupported = true;
   return false;
+}
+
+/* Refuses a pattern that is not a regex at all, or that would escape the
+ * ^(?:...)$ wrapper. */
+static bool bad(dialect *d, size_t at, const char *what) {
+  d->what = what;
+  d->at = at;
+  d->len = 0;
+  d->unsupported = false;
+  return false;
+}
+
+/* Length of a construct from p[i] up to and including the first `end`,
+ * or just `min` bytes when there is none close by. */
+static size_t upto(const char *p, size_t n, size_t i, char end, size_t min) {
+  for (size_t j = i + 1; j < n && j < i + 32; j++)
+    if (p[j] == end) return j - i + 1;
+  return i + min <= n ? min : n - i;
 }
 
 /* Length of a counted quantifier {n}, {n,} or {n,m} at p[i] (which is '{'),
@@ -95,30 +119,30 @@ static size_t skip_class(const char *p, size_t n, size_t i, dialect *d) {
 }
 
 /* The only (? forms RE2 knows: (?:...), (?P<name>...), (?<name>...) and
- * flag groups over i, m, s and U. Returns the index just past the head. */
+ * flag groups over i, m, s and U. Sets *next just past the head. */
 static bool check_group(const char *p, size_t n, size_t i, size_t *next, dialect *d) {
   size_t q = i + 2; /* just past "(?" */
   char c = q < n ? p[q] : '\0';
   char c2 = q + 1 < n ? p[q + 1] : '\0';
   if (c == ':') return *next = q + 1, true;
-  if (c == '=') return refuse(d, i, "lookahead (?=...)");
-  if (c == '!') return refuse(d, i, "negative lookahead (?!...)");
-  if (c == '<' && c2 == '=') return refuse(d, i, "lookbehind (?<=...)");
-  if (c == '<' && c2 == '!') return refuse(d, i, "negative lookbehind (?<!...)");
-  if (c == '>') return refuse(d, i, "atomic group (?>...)");
-  if (c == '(') return refuse(d, i, "conditional group (?(...)...)");
-  if (c == 'C') return refuse(d, i, "callout (?C...)");
-  if (c == 'R') return refuse(d, i, "recursion (?R)");
-  if (c == '&') return refuse(d, i, "subroutine call (?&name)");
-  if (c == '#') return refuse(d, i, "comment group (?#...)");
-  if (c == '|') return refuse(d, i, "branch reset group (?|...)");
+  if (c == '=') return refuse(d, i, 3, "lookahead");
+  if (c == '!') return refuse(d, i, 3, "negative lookahead");
+  if (c == '<' && c2 == '=') return refuse(d, i, 4, "lookbehind");
+  if (c == '<' && c2 == '!') return refuse(d, i, 4, "negative lookbehind");
+  if (c == '>') return refuse(d, i, 3, "atomic group");
+  if (c == '(') return refuse(d, i, 3, "conditional group");
+  if (c == 'C') return refuse(d, i, upto(p, n, i, ')', 3), "callout");
+  if (c == 'R') return refuse(d, i, upto(p, n, i, ')', 3), "recursion");
+  if (c == '&') return refuse(d, i, upto(p, n, i, ')', 3), "subroutine call");
+  if (c == '#') return refuse(d, i, 3, "comment group");
+  if (c == '|') return refuse(d, i, 3, "branch reset group");
   if (is_digit(c) || ((c == '+' || c == '-') && is_digit(c2)))
-    return refuse(d, i, "subroutine call (?N)");
-  if (c == 'P' && c2 == '=') return refuse(d, i, "named backreference (?P=name)");
-  if (c == 'P' && c2 == '>') return refuse(d, i, "subroutine call (?P>name)");
+    return refuse(d, i, upto(p, n, i, ')', 3), "subroutine call");
+  if (c == 'P' && c2 == '=') return refuse(d, i, upto(p, n, i, ')', 4), "named backreference");
+  if (c == 'P' && c2 == '>') return refuse(d, i, upto(p, n, i, ')', 4), "subroutine call");
   if ((c == 'P' && c2 == '<') || c == '<') {
-    /* A named group: let PCRE2 judge the name; skip it so that its
-     * characters are not read as syntax. */
+    /* A named group: PCRE2 judges the name; skip it so that its characters
+     * are not read as syntax. */
     size_t k = q + (c == 'P' ? 2 : 1);
     while (k < n && p[k] != '>' && p[k] != ')') k++;
     *next = k < n && p[k] == '>' ? k + 1 : k;
@@ -133,12 +157,12 @@ static bool check_group(const char *p, size_t n, size_t i, size_t *next, dialect
       continue;
     }
     if (p[k] == 'i' || p[k] == 'm' || p[k] == 's' || p[k] == 'U') continue;
-    if (k == q) return refuse(d, i, "group syntax (?...) other than (?:, (?P<name> and flags");
-    return refuse(d, k, "flag other than i, m, s and U");
+    if (!is_letter(p[k])) return refuse(d, i, 3, "group syntax");
+    d->hint = "; its flags are i, m, s and U";
+    return refuse(d, k, 1, "flag");
   }
-  if (k == q) return refuse(d, i, "empty group syntax (?)");
-  *next = k; /* the ')' or ':' is read by the caller's loop */
-  if (k < n && p[k] == ':') *next = k + 1;
+  if (k == q) return refuse(d, i, k < n ? 3 : 2, "group syntax");
+  *next = k < n && p[k] == ':' ? k + 1 : k; /* a ')' is read by the caller */
   return true;
 }
 
@@ -149,22 +173,32 @@ static bool check_group(const char *p, size_t n, size_t i, size_t *next, dialect
 static bool check_dialect(const char *p, size_t n, dialect *d) {
   int depth = 0;
   bool after_quantifier = false; /* the previous token was a greedy quantifier */
+  size_t quant_at = 0;           /* where that quantifier starts */
   size_t i = 0;
   while (i < n) {
     char c = p[i];
     bool quant = false;
+    size_t at = i;
     if (c == '\\') {
-      if (i + 1 >= n) return refuse(d, i, "trailing backslash");
+      if (i + 1 >= n) return bad(d, i, "trailing backslash");
       char e = p[i + 1];
-      if (e >= '1' && e <= '9') return refuse(d, i, "backreference \\N");
-      if (e == 'g') return refuse(d, i, "backreference or subroutine call \\g");
-      if (e == 'k') return refuse(d, i, "named backreference \\k");
+      if (e >= '1' && e <= '9') return refuse(d, i, 2, "backreference");
+      if (e == 'g' || e == 'k') {
+        char open = i + 2 < n ? p[i + 2] : '\0';
+        char close = open == '{' ? '}' : open == '<' ? '>' : open == '\'' ? '\'' : '\0';
+        size_t len = close ? upto(p, n, i + 2, close, 1) + 2 : 2;
+        while (!close && i + len < n &&
+               (is_digit(p[i + len]) || p[i + len] == '-' || p[i + len] == '+'))
+          len++;
+        return refuse(d, i, len,
+                      e == 'g' ? "backreference or subroutine call" : "named backreference");
+      }
       if (e == 'Q') {
         i = skip_quote(p, n, i, &d->open_quote);
         after_quantifier = false;
         continue;
       }
-      if (e == 'c' && i + 2 >= n) return refuse(d, i, "incomplete escape \\c");
+      if (e == 'c' && i + 2 >= n) return bad(d, i, "incomplete escape \\c");
       i += 2;
       if (e == 'c') i++; /* \cX: X is a literal */
       if ((e == 'x' || e == 'o' || e == 'p' || e == 'P' || e == 'N') && i < n && p[i] == '{') {
@@ -176,7 +210,7 @@ static bool check_dialect(const char *p, size_t n, dialect *d) {
     } else if (c == '(') {
       depth++;
       if (i + 1 < n && p[i + 1] == '*')
-        return refuse(d, i, "backtracking verb or start option (*...)");
+        return refuse(d, i, upto(p, n, i, ')', 2), "backtracking verb or start option");
       if (i + 1 < n && p[i + 1] == '?') {
         size_t next;
         if (!check_group(p, n, i, &next, d)) return false;
@@ -185,26 +219,23 @@ static bool check_dialect(const char *p, size_t n, dialect *d) {
         i++;
       }
     } else if (c == ')') {
-      if (--depth < 0) return refuse(d, i, "unmatched ')'");
+      if (--depth < 0) return bad(d, i, "unmatched ')'");
       i++;
     } else if (c == '*' || c == '+' || c == '?') {
       if (after_quantifier && c == '+')
-        return refuse(d, i - 1, p[i - 1] == '*'   ? "possessive quantifier *+"
-                                : p[i - 1] == '+' ? "possessive quantifier ++"
-                                                  : "possessive quantifier ?+");
+        return refuse(d, quant_at, i + 1 - quant_at, "possessive quantifier");
       /* "??" makes the one before lazy; otherwise this is a quantifier. */
       quant = !(after_quantifier && c == '?');
       i++;
     } else if (c == '{') {
       size_t qlen = counted_quantifier(p, n, i);
-      if (qlen && i + qlen < n && p[i + qlen] == '+')
-        return refuse(d, i + qlen - 1, "possessive quantifier }+");
       quant = qlen > 0;
       i += qlen ? qlen : 1;
     } else {
       i++;
     }
     after_quantifier = quant;
+    if (quant) quant_at = at;
   }
   return true;
 }
@@ -269,7 +300,11 @@ int mesh__regex_compile(mesh_ctx *ctx, const char *pattern, size_t len, mesh__re
   }
   dialect d = {0};
   if (!check_dialect(pattern, len, &d)) {
-    set_why(why, why_size, "%s is not supported (RE2 syntax)", d.what);
+    if (d.unsupported)
+      set_why(why, why_size, "%s '%.*s' is not supported (RE2 syntax%s)", d.what, (int)d.len,
+              pattern + d.at, d.hint ? d.hint : "");
+    else
+      set_why(why, why_size, "%s", d.what);
     *offset = d.at;
     return MESH_ERR_PARSE;
   }

@@ -1,4 +1,4 @@
-/* libmesh route regexes: RE2-dialect whole-path regexes compiled with PCRE2, matched without allocating. */
+/* libmesh route regexes: whole-path RE2-dialect regexes over PCRE2, matched without allocating. */
 #ifndef MESH_REGEX_INTERNAL_H
 #define MESH_REGEX_INTERNAL_H
 

@@ -63,13 +63,13 @@ static uint64_t x509_epoch(const mbedtls_x509_time *t) {
 }
 
 /* "YYYYMMDDhhmmss", as mbedtls_x509write_crt_set_validity wants it. */
-static void x509_timestr(uint64_t t, char out[16]) {
+static void x509_timestr(uint64_t t, char out[40]) {
   if (t > TIME_MAX) t = TIME_MAX;
   int64_t y;
   unsigned m, d;
   civil_from_days((int64_t)(t / 86400), &y, &m, &d);
   unsigned rem = (unsigned)(t % 86400);
-  snprintf(out, 16, "%04u%02u%02u%02u%02u%02u", (unsigned)y, m, d, rem / 3600, rem / 60 % 60,
+  snprintf(out, 40, "%04u%02u%02u%02u%02u%02u", (unsigned)y, m, d, rem / 3600, rem / 60 % 60,
            rem % 60);
 }
 
@@ -483,9 +483,7 @@ int mesh_csr_parse(mesh_ctx *ctx, const char *buf, size_t len, const char **why,
     rc = mesh__tls_err(rc, MESH_ERR_PARSE);
     if (rc == MESH_ERR_PARSE) fail(why, R_CSR_PEM, rc);
   } else {
-    size_t der_len;
-    const unsigned char *der = mbedtls_pem_get_buffer(&pem, &der_len);
-    rc = csr_from_der(ctx, der, der_len, why, ret);
+    rc = csr_from_der(ctx, pem.buf, pem.buflen, why, ret);
   }
   mbedtls_pem_free(&pem);
   mesh__free(ctx, copy);
@@ -640,11 +638,12 @@ static mesh_certs *certs_new(mesh_ctx *ctx) {
   return c;
 }
 
-static char *dn_string(mesh_ctx *ctx, const mbedtls_x509_name *dn) {
+static int dn_string(mesh_ctx *ctx, const mbedtls_x509_name *dn, char **out) {
   char buf[4096];
   int n = mbedtls_x509_dn_gets(buf, sizeof buf, dn);
-  if (n < 0) return NULL;
-  return mesh__strndup(ctx, buf, (size_t)n);
+  if (n < 0) return MESH_ERR_LIMIT; /* only "buffer too small" can fail here */
+  *out = mesh__strndup(ctx, buf, (size_t)n);
+  return *out ? 0 : MESH_ERR_NOMEM;
 }
 
 static int info_sans(mesh_ctx *ctx, const mbedtls_x509_crt *crt, cert_info *ci) {
@@ -708,16 +707,11 @@ static int certs_finish(mesh_certs *c, const char **why) {
     int sn = mbedtls_x509_serial_gets(serial, sizeof serial, &x->serial);
     ci->serial = mesh__strdup(c->ctx, sn < 0 ? "" : serial);
     if (!ci->serial) return MESH_ERR_NOMEM;
-    ci->subject = dn_string(c->ctx, &x->subject);
-    ci->issuer = ci->subject ? dn_string(c->ctx, &x->issuer) : NULL;
-    if (!ci->subject || !ci->issuer) {
-      char probe[4096];
-      if (mbedtls_x509_dn_gets(probe, sizeof probe, &x->subject) < 0 ||
-          mbedtls_x509_dn_gets(probe, sizeof probe, &x->issuer) < 0)
-        return fail(why, R_CERTS_DN, MESH_ERR_LIMIT);
-      return MESH_ERR_NOMEM;
-    }
-    int rc = info_sans(c->ctx, x, ci);
+    int rc = dn_string(c->ctx, &x->subject, &ci->subject);
+    if (!rc) rc = dn_string(c->ctx, &x->issuer, &ci->issuer);
+    if (rc == MESH_ERR_LIMIT) return fail(why, R_CERTS_DN, rc);
+    if (rc) return rc;
+    rc = info_sans(c->ctx, x, ci);
     if (rc == MESH_ERR_PARSE) return fail(why, R_SAN_MALFORMED, rc);
     if (rc) return rc;
     ci->bundle_off = total - 1;
@@ -762,8 +756,11 @@ int mesh_certs_parse(mesh_ctx *ctx, const char *buf, size_t len, const char **wh
   mesh__free(ctx, copy);
   if (rc != 0) {
     /* > 0: that many PEM blocks failed. A partly read bundle is not trusted. */
+    int none = rc == MBEDTLS_ERR_X509_CERT_UNKNOWN_FORMAT ||
+               (n == len && (len == 0 || (unsigned char)buf[0] != SEQ));
+    const char *reason = none ? R_CERTS_NONE : R_CERTS_BAD;
     rc = rc > 0 ? MESH_ERR_PARSE : mesh__tls_err(rc, MESH_ERR_PARSE);
-    if (rc == MESH_ERR_PARSE) fail(why, c->chain.raw.p ? R_CERTS_BAD : R_CERTS_NONE, rc);
+    if (rc == MESH_ERR_PARSE) fail(why, reason, rc);
     goto out;
   }
   rc = certs_finish(c, why);
@@ -948,7 +945,6 @@ static const char R_CA_KEY_MISMATCH[] = "issuer key does not match the issuer ce
 static const char R_CA_PUBLIC[] = "issuer key is a public key";
 static const char R_CA_EXPIRED_NOW[] = "issuer certificate has expired";
 static const char R_CA_FUTURE_NOW[] = "issuer certificate is not valid yet";
-static const char R_CA_PATHLEN[] = "issuer's path length constraint does not allow another CA";
 static const char R_CA_MULTI_RDN[] = "issuer name has a multi-valued RDN, which cannot be copied";
 
 #define CA_MAX_LIFETIME_S (10ull * 365 * 86400)
@@ -1115,7 +1111,7 @@ static int write_cert(mesh_ctx *ctx, const cert_spec *s, mbedtls_pk_context *iss
   mbedtls_asn1_named_data *issuer_name = NULL;
   unsigned char ext[1024], *e;
   size_t elen;
-  char subject[8 + MESH_IDENTITY_DNS_MAX], nb[16], na[16];
+  char subject[8 + MESH_IDENTITY_DNS_MAX], nb[40], na[40];
   int rc;
   mbedtls_x509write_crt_set_version(&w, MBEDTLS_X509_CRT_VERSION_3);
   mbedtls_x509write_crt_set_md_alg(&w, MBEDTLS_MD_SHA256);
@@ -1185,8 +1181,10 @@ static int write_cert(mesh_ctx *ctx, const cert_spec *s, mbedtls_pk_context *iss
 tls:
   rc = rng->err ? rng->err : mesh__tls_err(rc, MESH_ERR_TLS);
 out:
-  w.issuer = NULL; /* ours, not mbedTLS's, to free */
-  name_free(ctx, issuer_name);
+  if (issuer_name) {
+    w.issuer = NULL; /* a copy we own, not mbedTLS's to free */
+    name_free(ctx, issuer_name);
+  }
   mbedtls_x509write_crt_free(&w);
   mbedtls_mpi_free(&serial);
   return rc;
@@ -1199,8 +1197,8 @@ static int sign_into(mesh_ctx *ctx, const cert_spec *s, mbedtls_pk_context *issu
   mesh__rng rng;
   int rc = mesh__rng_init(&rng, ctx);
   if (rc) return rc;
-  unsigned char *der_buf = mesh__malloc(ctx, DER_CAP), *der;
-  size_t der_len;
+  unsigned char *der_buf = mesh__malloc(ctx, DER_CAP), *der = NULL;
+  size_t der_len = 0;
   mesh_certs *c = NULL;
   if (!der_buf) {
     rc = MESH_ERR_NOMEM;
@@ -1267,8 +1265,6 @@ int mesh_ca_issue(const mesh_ca *ca, const mesh_csr *csr, const mesh_identity *i
   if (rc == MESH_ERR_UNSUPPORTED) fail(why, R_CA_MULTI_RDN, rc);
   return rc;
 }
-
-static const char R_CN[] = "CA name must be 1-64 of [A-Za-z0-9 ._-]";
 
 static int cn_ok(const char *cn) {
   size_t n = strlen(cn);

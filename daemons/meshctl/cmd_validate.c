@@ -114,7 +114,7 @@ static bool expand_dir(const char *prog, results *rs, const char *dir) {
     names[n++] = p;
   }
   closedir(d);
-  if (ok) qsort(names, n, sizeof *names, cmp_str);
+  if (ok && n) qsort(names, n, sizeof *names, cmp_str);
   for (size_t i = 0; i < n; i++) {
     if (ok && !add(rs, names[i], names[i])) ok = false;
     free(names[i]);

@@ -234,13 +234,18 @@ MESH_API int mesh_ca_new(mesh_ctx *ctx, const char *chain_pem, size_t chain_len,
 
 /* A self-signed trust anchor with a fresh P-256 key: CA:true, no path
  * length limit, keyCertSign|cRLSign, valid from now_s - clock skew for
- * lifetime_s (0: 365 d). cn: 1-64 of [A-Za-z0-9 ._-]. */
+ * lifetime_s (0: 365 d). cn: 1-64 of [A-Za-z0-9 ._-].
+ * MESH_ERR_INVALID (NULLs, a bad cn), MESH_ERR_RANGE (lifetime over 100
+ * years), MESH_ERR_NOMEM, MESH_ERR_TLS, or the random source's error. */
 MESH_API int mesh_ca_new_root(mesh_ctx *ctx, const char *cn, uint64_t now_s, uint64_t lifetime_s,
                               mesh_ca **ret);
 
 /* An intermediate issuer signed by parent, with a fresh P-256 key: CA:true,
  * pathlen 0, lifetime_s (0: 365 d) clamped to parent's notAfter. Its chain
- * is itself plus parent's chain without self-signed anchors. */
+ * is itself plus parent's chain without self-signed anchors (so a new
+ * issuer under an existing anchor is how issuers rotate). Errors as
+ * mesh_ca_new_root, plus MESH_ERR_INVALID when parent has pathlen 0 and
+ * MESH_ERR_EXPIRED when parent is not valid at now_s. */
 MESH_API int mesh_ca_new_issuer(const mesh_ca *parent, const char *cn, uint64_t now_s,
                                 uint64_t lifetime_s, mesh_ca **ret);
 

@@ -11,5 +11,7 @@
 #include <mesh/profile.h>
 #include <mesh/split.h>
 #include <mesh/retry.h>
+#include <mesh/identity.h>
+#include <mesh/tls.h>
 
 #endif

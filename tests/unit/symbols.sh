@@ -6,7 +6,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # Functions declared MESH_API in the public headers (declarations may wrap lines).
-cat "$incdir"/mesh/*.h | tr '\n' ' ' | grep -oE 'MESH_API [^;(]*\(' |
+grep -hv '^#' "$incdir"/mesh/*.h | tr '\n' ' ' | grep -oE 'MESH_API [^;(]*\(' |
   sed -E 's/.*[ *]([a-z_][a-z0-9_]*)\($/\1/' | sort -u >"$tmp/headers"
 # Names listed under global: in the version script.
 sed -n '/global:/,/local:/p' "$map" | grep -oE '^\s*mesh_[a-z0-9_]+;' | tr -d ' ;' | sort -u >"$tmp/map"

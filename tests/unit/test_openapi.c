@@ -282,6 +282,62 @@ START_TEST(servers_path_warns) {
 }
 END_TEST
 
+/* Paths that clean to one path would make routes of one name, which a
+ * profile may not have: the later ones are dropped with a warning. */
+START_TEST(repeated_routes_are_dropped) {
+  const char *spec = "openapi: 3.0.0\n"
+                     "paths:\n"
+                     "  /a/:\n"
+                     "    get: {}\n"
+                     "    post: {}\n"
+                     "  /a:\n"
+                     "    get: {}\n"
+                     "    put: {}\n"
+                     "  /b/../a//: {put: {}, delete: {}}\n";
+  char *out;
+  ck_assert_int_eq(gen(spec, &out), 0);
+  ck_assert_str_eq(diag_text,
+                   "spec.yaml:4:10: warning: paths./a/.get: route 'GET /a' is already made from "
+                   "paths./a; ignored\n"
+                   "spec.yaml:9:20: warning: paths./b/../a//.put: route 'PUT /a' is already made "
+                   "from paths./a; ignored\n");
+  mesh_ctx *ctx;
+  ck_assert_int_eq(mesh_ctx_new(&ctx), 0);
+  mesh_profile *p = load_back(ctx, out);
+  ck_assert_uint_eq(mesh_profile_route_count(p), 4);
+  const char *names[] = {"GET /a", "PUT /a", "POST /a", "DELETE /a"};
+  for (size_t i = 0; i < 4; i++) ck_assert_str_eq(mesh_route_name(mesh_profile_route(p, i)), names[i]);
+  mesh_profile_unref(p);
+  mesh_ctx_free(ctx);
+  free(out);
+}
+END_TEST
+
+/* What the loader would refuse is refused here, where the spec says it. */
+START_TEST(unloadable_values_are_errors) {
+  char *out;
+  ck_assert_int_eq(gen("openapi: 3.0.0\npaths:\n  /a: {get: {x-linkerd-timeout: 0s}}\n", &out),
+                   MESH_ERR_PARSE);
+  ck_assert_str_eq(diag_text, "spec.yaml:3:33: error: paths./a.get.x-linkerd-timeout: a route "
+                              "timeout must be greater than zero\n");
+  /* A pathRegex longer than the regex compiler takes. (An explicit key:
+   * YAML's implicit keys stop at 1024 characters.) */
+  size_t n = 9000;
+  char *spec = malloc(n + 64);
+  ck_assert_ptr_nonnull(spec);
+  int off = snprintf(spec, 64, "openapi: 3.0.0\npaths:\n  ? /");
+  for (size_t i = 0; i < n; i++) spec[off + (int)i] = '.';
+  snprintf(spec + off + n, 64, "\n  : {get: {}}\n");
+  ck_assert_int_eq(gen(spec, &out), MESH_ERR_PARSE);
+  ck_assert_ptr_nonnull(strstr(diag_text, "the path is too long: its pathRegex would be 18001 bytes"));
+  /* Half as long is fine. */
+  snprintf(spec + off + n / 2, 64, "\n  : {get: {}}\n");
+  ck_assert_int_eq(gen(spec, &out), 0);
+  free(out);
+  free(spec);
+}
+END_TEST
+
 START_TEST(arguments) {
   mesh_ctx *ctx;
   mesh_diags *d;
@@ -557,6 +613,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, bad_documents_have_positions);
   tcase_add_test(tc, servers_path_warns);
   tcase_add_test(tc, arguments);
+  tcase_add_test(tc, unloadable_values_are_errors);
   tcase_add_test(tc, quoting_round_trips);
   tcase_add_test(tc, route_limit);
   tcase_add_test(tc, node_limit_is_the_loaders);
@@ -566,6 +623,7 @@ static Suite *make_suite(void) {
   tcase_add_test(rt, round_trip_petstore);
   tcase_add_test(rt, round_trip_swagger2_json);
   tcase_add_test(rt, round_trip_odd_paths);
+  tcase_add_test(rt, repeated_routes_are_dropped);
   suite_add_tcase(s, rt);
   return s;
 }

@@ -158,7 +158,7 @@ _PROTOTYPES = {
 }
 
 
-def _candidates():
+def _candidates(tried):
     """Where to look, in order, with a label for the error message."""
     env = os.environ.get("MESH_LIBRARY")
     if env:
@@ -169,6 +169,8 @@ def _candidates():
     found = ctypes.util.find_library("mesh")
     if found:
         out.append((found, "ctypes.util.find_library('mesh')"))
+    else:
+        tried.append("  ctypes.util.find_library('mesh'): found nothing")
     if found != SONAME:
         out.append((SONAME, "the dynamic loader's search path"))
     return out
@@ -176,7 +178,7 @@ def _candidates():
 
 def _load():
     tried = []
-    for name, how in _candidates():
+    for name, how in _candidates(tried):
         try:
             cdll = ctypes.CDLL(name)
         except OSError as e:

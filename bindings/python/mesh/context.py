@@ -191,12 +191,18 @@ def default_context() -> Context:
         return _default
 
 
+_close_lock = threading.Lock()
+
+
 class Handle:
     """Owns one C handle made with a Context; frees it exactly once.
 
     Subclasses set _free_fn (the C destructor or unref). close() and the
     context-manager exit free it now; __del__ frees it otherwise. Using a
-    closed object raises ClosedError rather than touching freed memory.
+    closed object raises ClosedError rather than touching freed memory; but
+    close() must not race with a call still running on the same object in
+    another thread (objects that need to outlive such a call hold their own
+    reference, as routes do).
     """
 
     _free_fn = None  # the C function that frees or unrefs the handle
@@ -226,10 +232,11 @@ class Handle:
     def close(self) -> None:
         """Release the C handle now (idempotent). Objects that took their own
         reference (documents' profiles, routes, splits) stay valid."""
-        h = getattr(self, "_h", None)
-        if h is None:
-            return
-        self._h = None
+        with _close_lock:  # two threads closing one shared object free it once
+            h = getattr(self, "_h", None)
+            if h is None:
+                return
+            self._h = None
         try:
             self._release_fn(h)
         finally:

@@ -141,6 +141,32 @@ class TestLibrary(unittest.TestCase):
             fn = getattr(_lib.lib, name)
             self.assertIsNotNone(fn.argtypes, name)
 
+    def test_prototypes_follow_the_headers(self):
+        # Every function of the bound headers is declared, with as many
+        # arguments as the header says: a changed C signature fails here.
+        import re
+        from mesh import _lib
+        inc = os.path.join(DATA, "..", "..", "include", "mesh")
+        if not os.path.isdir(inc):
+            self.skipTest("no source tree next to the test data")
+        unbound = {"mesh_ctx_new_with_allocator"}  # Python has no use for allocator hooks
+        seen = set()
+        for h in ("error.h", "ctx.h", "diag.h", "manifest.h", "profile.h", "split.h",
+                  "retry.h"):
+            with open(os.path.join(inc, h)) as f:
+                text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+            for m in re.finditer(r"MESH_API\s+[^;(]*?\b(mesh_\w+)\s*\(([^;]*?)\)\s*;", text):
+                name, params = m.group(1), m.group(2).strip()
+                seen.add(name)
+                if name in unbound:
+                    continue
+                with self.subTest(function=name):
+                    self.assertTrue(name in _lib._PROTOTYPES, "%s is not declared" % name)
+                    n = 0 if params in ("", "void") else params.count(",") + 1
+                    self.assertEqual(len(_lib._PROTOTYPES[name][1]), n)
+        self.assertGreater(len(seen), 60)
+        self.assertEqual(set(_lib._PROTOTYPES) - seen, set())
+
 
 class TestSeedManifests(unittest.TestCase):
     def test_every_seed_file_loads(self):
