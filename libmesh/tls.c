@@ -12,7 +12,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
@@ -283,25 +282,6 @@ fail:
   return mesh__tls_err(rc, MESH_ERR_TLS);
 }
 
-/* mbedTLS computes a curve's fixed-base table lazily, on the first
- * multiplication by G, and stores it in the key's group: that write would
- * race when several threads first sign with our key or verify against an
- * anchor at once. Doing one multiplication here, before the configuration
- * is shared, makes later uses read-only. */
-static int warm_group(mbedtls_pk_context *pk, mesh__rng *rng) {
-  if (!mbedtls_pk_can_do(pk, MBEDTLS_PK_ECKEY)) return 0;
-  mbedtls_ecp_group *grp = &mbedtls_pk_ec(*pk)->grp;
-  mbedtls_ecp_point r;
-  mbedtls_mpi m;
-  mbedtls_ecp_point_init(&r);
-  mbedtls_mpi_init(&m);
-  int rc = mbedtls_mpi_lset(&m, 2);
-  if (!rc) rc = mbedtls_ecp_mul(grp, &r, &m, &grp->G, mesh__rng_random, rng);
-  mbedtls_mpi_free(&m);
-  mbedtls_ecp_point_free(&r);
-  return rc;
-}
-
 static void config_destroy(mesh_tls_config *cfg) {
   mesh_ctx *ctx = cfg->ctx;
   if (cfg->confs_ok) {
@@ -378,11 +358,11 @@ int mesh_tls_config_new(const mesh_tls_opts *o, const char **why, mesh_tls_confi
 
   rc = mesh__rng_init(&cfg->rng, ctx);
   if (rc) return config_fail(cfg, rc, R_RNG, why);
+  /* Shared by every handshake: ctr_drbg, the cache and the ticket keys
+   * lock themselves (MBEDTLS_THREADING_C), and mbedTLS 2.28 signs and
+   * verifies EC keys on a private copy of their group, so the parsed
+   * credentials are only ever read. */
   cfg->rng_ok = 1;
-  rc = warm_group(mesh__key_pk(cfg->key), &cfg->rng);
-  for (mbedtls_x509_crt *a = mesh__certs_crt(cfg->anchors); !rc && a && a->raw.p; a = a->next)
-    rc = warm_group(&a->pk, &cfg->rng);
-  if (rc) return config_fail(cfg, mesh__tls_err(rc, MESH_ERR_TLS), R_TLS_SETUP, why);
 
   if (cfg->server_sessions) {
     mbedtls_ssl_cache_init(&cfg->cache);

@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 broken=0   # builds that failed: each counts as a failed test
 
 stage() { printf '\n==== %s\n' "$*"; }
+# Configure a build directory once; show meson's complaint if it fails.
+setup() {
+  local dir=$1; shift
+  [ -f "$dir/build.ninja" ] && return 0
+  rm -rf "$dir"
+  meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+}
 # Only this run's results count.
 rm -f "$build/meson-logs/testlog.json" "$asan/meson-logs/testlog.json" "$fuzz/meson-logs/testlog.json"
 
@@ -19,9 +26,8 @@ else
 fi
 
 stage "unit tests under ASan+UBSan ($asan)"
-[ -f "$asan/build.ninja" ] || meson setup "$asan" -Dwerror=true -Db_sanitize=address,undefined \
-  -Db_lundef=false -Dc_args=-fno-sanitize-recover=all >/dev/null
-if ninja -C "$asan"; then
+if setup "$asan" -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
+     -Dc_args=-fno-sanitize-recover=all && ninja -C "$asan"; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     meson test -C "$asan" --suite unit --print-errorlogs --num-processes 2
 else
@@ -30,9 +36,8 @@ fi
 
 if command -v clang >/dev/null; then
   stage "fuzzers, ${fuzz_seconds}s each ($fuzz)"
-  [ -f "$fuzz/build.ninja" ] || CC=clang meson setup "$fuzz" -Dfuzz=true \
-    -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
-  if ninja -C "$fuzz"; then
+  if CC=clang setup "$fuzz" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false &&
+     ninja -C "$fuzz"; then
     MESH_FUZZ_SECONDS=$fuzz_seconds meson test -C "$fuzz" --suite fuzz --print-errorlogs --num-processes 2
   else
     broken=$((broken + 1))

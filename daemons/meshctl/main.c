@@ -11,6 +11,7 @@
 static const meshctl_command *const commands[] = {
     &meshctl_cmd_validate,
     &meshctl_cmd_profile,
+    &meshctl_cmd_identity, &meshctl_cmd_diagnostics,
     &meshctl_cmd_version,
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -25,8 +26,8 @@ static void usage(FILE *out) {
   fprintf(out, "meshctl manages the libmesh service mesh.\n\n"
                "Usage:\n  meshctl COMMAND [flags]\n\nCommands:\n");
   for (size_t i = 0; i < NCOMMANDS; i++)
-    fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
-  fprintf(out, "  %-10s %s\n", "help", "show help for meshctl or for a command");
+    fprintf(out, "  %-12s %s\n", commands[i]->name, commands[i]->summary);
+  fprintf(out, "  %-12s %s\n", "help", "show help for meshctl or for a command");
   fprintf(out, "\nRun 'meshctl help COMMAND' or 'meshctl COMMAND --help' for a command's flags.\n");
 }
 

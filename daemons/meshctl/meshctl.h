@@ -24,6 +24,7 @@ typedef struct {
 extern const meshctl_command meshctl_cmd_validate;
 extern const meshctl_command meshctl_cmd_profile;
 extern const meshctl_command meshctl_cmd_version;
+extern const meshctl_command meshctl_cmd_identity, meshctl_cmd_diagnostics;
 
 /* A context with the default hooks; prints why and returns NULL on failure. */
 mesh_ctx *meshctl_ctx(const char *prog);

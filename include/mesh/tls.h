@@ -145,9 +145,9 @@ MESH_API mesh_tls_config *mesh_tls_creds_get(mesh_tls_creds *creds);
  * (16 KiB).
  *
  * The connection owns the TLS bufferevent, which owns the underlying one
- * (and its socket). mesh_tls_conn_free(conn) and
- * bufferevent_free(mesh_tls_conn_bev(conn)) are the same thing; conn is
- * invalid afterwards. */
+ * (and its socket): release them with mesh_tls_conn_free or
+ * mesh_tls_conn_close, never with bufferevent_free. As with any libevent
+ * socket code, the application must ignore SIGPIPE. */
 typedef struct mesh_tls_conn mesh_tls_conn;
 
 /* A client over `underlying` (connected, or connecting with

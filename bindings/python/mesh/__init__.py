@@ -5,13 +5,16 @@
     profile = m.profiles[0]
     route = profile.match("GET", "/api/v1/exams/42/questions")
     route.name, route.timeout_ms, route.classify(503)
+    ident = mesh.Identity.parse("spiffe://cluster.local/ns/prod/sa/web")
+    mesh.Certs.load("chain.pem").verify_peer(mesh.Certs.load("anchors.pem"), ident)
 
 The library is found through the environment variable MESH_LIBRARY (the full
 path of libmesh.so), else ctypes.util.find_library("mesh"), else the dynamic
 loader's search path for libmesh.so.0. Standard library only; Python 3.9+.
 
 Thread safety follows the C library: profiles and sealed splits are
-immutable and may be shared between threads, budgets are thread-safe, and
+immutable and may be shared between threads, budgets are thread-safe, so
+are identities, keys, CSRs, certificates and (once configured) CAs, and
 everything else is used by one thread at a time.
 """
 
@@ -22,6 +25,8 @@ from .errors import (AgainError, ClosedError, ConnectError, DeniedError, Diagnos
                      ExpiredError, IdentityError, InvalidArgument, LimitError, MeshError,
                      MeshIOError, MeshTimeoutError, NoMemory, NotFound, ParseError, RangeError,
                      TLSError, UnavailableError, Unsupported, strerror)
+from .identity import (CA, Certificate, Certs, Csr, Identity, Key, San, SanType, renew_at,
+                       retry_delay_ms)
 from .manifest import Document, Kind, Manifest
 from .profile import (DEFAULT_BUDGET, ROUTE_DEFAULT_TIMEOUT_MS, Profile, RetryBudget, Route,
                       classify_default)
@@ -64,4 +69,6 @@ __all__ = [
     "ROUTE_DEFAULT_TIMEOUT_MS",
     "Split", "Backend", "WEIGHT_TOTAL",
     "Budget", "backoff_ms", "now_ms", "BACKOFF_BASE_MS", "BACKOFF_MAX_MS",
+    "Identity", "Key", "Csr", "Certs", "Certificate", "San", "SanType", "CA",
+    "renew_at", "retry_delay_ms",
 ]

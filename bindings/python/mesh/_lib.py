@@ -50,6 +50,26 @@ class mesh_budget(_Opaque):
     pass
 
 
+class mesh_identity(_Opaque):
+    pass
+
+
+class mesh_key(_Opaque):
+    pass
+
+
+class mesh_csr(_Opaque):
+    pass
+
+
+class mesh_certs(_Opaque):
+    pass
+
+
+class mesh_ca(_Opaque):
+    pass
+
+
 ctx_p = POINTER(mesh_ctx)
 diags_p = POINTER(mesh_diags)
 manifest_p = POINTER(mesh_manifest)
@@ -57,6 +77,13 @@ profile_p = POINTER(mesh_profile)
 route_p = POINTER(mesh_route)
 split_p = POINTER(mesh_split)
 budget_p = POINTER(mesh_budget)
+identity_p = POINTER(mesh_identity)
+key_p = POINTER(mesh_key)
+csr_p = POINTER(mesh_csr)
+certs_p = POINTER(mesh_certs)
+ca_p = POINTER(mesh_ca)
+# The static reason strings of identity.h's `const char **why`.
+why_p = POINTER(c_char_p)
 
 # size_t (size_t)-1, as mesh_split_pick returns for an unsealed split.
 SIZE_MAX = (1 << (8 * ctypes.sizeof(c_size_t))) - 1
@@ -65,7 +92,8 @@ SIZE_MAX = (1 << (8 * ctypes.sizeof(c_size_t))) - 1
 LOG_FN = CFUNCTYPE(None, c_void_p, c_int, c_char_p)
 RANDOM_FN = CFUNCTYPE(c_int, c_void_p, POINTER(c_uint8), c_size_t)
 
-# name: (restype, [argtypes]). The whole public API of mesh/*.h.
+# name: (restype, [argtypes]). The whole public API of mesh/*.h, except tls.h
+# (not bound yet; tests/test_mesh.py lists what is left out and why).
 _PROTOTYPES = {
     # error.h
     "mesh_strerror": (c_char_p, [c_int]),
@@ -155,6 +183,76 @@ _PROTOTYPES = {
     "mesh_budget_withdraw": (c_int, [budget_p, c_uint64]),
     "mesh_budget_balance": (c_int64, [budget_p, c_uint64]),
     "mesh_backoff_ms": (c_uint64, [c_uint64, c_uint64, c_uint32, c_uint32]),
+    # identity.h: names
+    "mesh_identity_new": (c_int, [ctx_p, c_char_p, c_char_p, c_char_p, c_char_p, why_p,
+                                  POINTER(identity_p)]),
+    "mesh_identity_parse": (c_int, [ctx_p, c_char_p, c_char_p, why_p, POINTER(identity_p)]),
+    "mesh_identity_free": (None, [identity_p]),
+    "mesh_identity_ns": (c_char_p, [identity_p]),
+    "mesh_identity_sa": (c_char_p, [identity_p]),
+    "mesh_identity_cp_ns": (c_char_p, [identity_p]),
+    "mesh_identity_trust_domain": (c_char_p, [identity_p]),
+    "mesh_identity_dns": (c_char_p, [identity_p]),
+    "mesh_identity_uri": (c_char_p, [identity_p]),
+    "mesh_identity_equal": (c_int, [identity_p, identity_p]),
+    "mesh_identity_match": (c_int, [identity_p, c_char_p, why_p]),
+    # identity.h: renewal schedule
+    "mesh_identity_renew_at": (c_uint64, [c_uint64, c_uint64, c_uint64]),
+    "mesh_identity_retry_delay_ms": (c_uint64, [c_uint32, c_uint64, c_uint64, c_uint32]),
+    # identity.h: keys
+    "mesh_key_generate": (c_int, [ctx_p, POINTER(key_p)]),
+    "mesh_key_parse": (c_int, [ctx_p, c_char_p, c_size_t, why_p, POINTER(key_p)]),
+    "mesh_key_free": (None, [key_p]),
+    "mesh_key_pem": (c_char_p, [key_p]),
+    "mesh_key_public_pem": (c_char_p, [key_p]),
+    "mesh_key_id": (c_char_p, [key_p]),
+    # identity.h: CSRs
+    "mesh_csr_new": (c_int, [key_p, identity_p, POINTER(csr_p)]),
+    "mesh_csr_parse": (c_int, [ctx_p, c_char_p, c_size_t, why_p, POINTER(csr_p)]),
+    "mesh_csr_free": (None, [csr_p]),
+    "mesh_csr_pem": (c_char_p, [csr_p]),
+    "mesh_csr_der": (POINTER(c_uint8), [csr_p, POINTER(c_size_t)]),
+    "mesh_csr_identity": (c_int, [csr_p, why_p, POINTER(identity_p)]),
+    "mesh_csr_verify": (c_int, [csr_p, identity_p, why_p]),
+    # identity.h: certificates
+    "mesh_certs_parse": (c_int, [ctx_p, c_char_p, c_size_t, why_p, POINTER(certs_p)]),
+    "mesh_certs_free": (None, [certs_p]),
+    "mesh_certs_count": (c_size_t, [certs_p]),
+    "mesh_certs_pem": (c_char_p, [certs_p, c_size_t]),
+    "mesh_certs_bundle_pem": (c_char_p, [certs_p, c_size_t]),
+    "mesh_certs_subject": (c_char_p, [certs_p, c_size_t]),
+    "mesh_certs_issuer": (c_char_p, [certs_p, c_size_t]),
+    "mesh_certs_serial": (c_char_p, [certs_p, c_size_t]),
+    "mesh_certs_not_before": (c_uint64, [certs_p, c_size_t]),
+    "mesh_certs_not_after": (c_uint64, [certs_p, c_size_t]),
+    "mesh_certs_is_ca": (c_int, [certs_p, c_size_t]),
+    "mesh_certs_pathlen": (c_int32, [certs_p, c_size_t]),
+    "mesh_certs_san_count": (c_size_t, [certs_p, c_size_t]),
+    "mesh_certs_san_type": (c_int, [certs_p, c_size_t, c_size_t]),
+    "mesh_certs_san_value": (c_char_p, [certs_p, c_size_t, c_size_t]),
+    "mesh_certs_identity": (c_int, [certs_p, c_size_t, why_p, POINTER(identity_p)]),
+    "mesh_certs_verify": (c_int, [certs_p, certs_p, c_uint64, why_p]),
+    "mesh_certs_verify_peer": (c_int, [certs_p, certs_p, c_uint64, identity_p, why_p,
+                                       POINTER(identity_p)]),
+    # identity.h: certificate authority
+    "mesh_ca_new": (c_int, [ctx_p, c_char_p, c_size_t, c_char_p, c_size_t, why_p,
+                            POINTER(ca_p)]),
+    "mesh_ca_new_root": (c_int, [ctx_p, c_char_p, c_uint64, c_uint64, POINTER(ca_p)]),
+    "mesh_ca_new_issuer": (c_int, [ca_p, c_char_p, c_uint64, c_uint64, POINTER(ca_p)]),
+    "mesh_ca_init": (c_int, [ctx_p, c_char_p, c_char_p, c_uint64, c_uint64, POINTER(ca_p),
+                             POINTER(ca_p)]),
+    "mesh_ca_free": (None, [ca_p]),
+    # Borrowed from the CA: Python copies them (see identity.CA.certs).
+    "mesh_ca_certs": (certs_p, [ca_p]),
+    "mesh_ca_key": (key_p, [ca_p]),
+    "mesh_ca_set_lifetime": (c_int, [ca_p, c_uint64]),
+    "mesh_ca_set_clock_skew": (c_int, [ca_p, c_uint64]),
+    "mesh_ca_issue": (c_int, [ca_p, csr_p, identity_p, c_uint64, why_p, POINTER(certs_p)]),
+    # identity.h: tokens (buf is a ctypes char array of cap bytes)
+    "mesh_token_mint": (c_int, [key_p, c_char_p, c_char_p, c_char_p, c_uint64, c_uint64,
+                                c_char_p, c_size_t, POINTER(c_size_t)]),
+    "mesh_token_verify": (c_int, [key_p, c_char_p, c_size_t, c_char_p, c_uint64, identity_p,
+                                  why_p]),
 }
 
 

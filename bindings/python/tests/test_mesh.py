@@ -124,8 +124,7 @@ class TestLibrary(unittest.TestCase):
         # A shared object that is not libmesh: found, opened, and refused.
         import ctypes.util
         libm = ctypes.util.find_library("m")
-        if not libm:
-            self.skipTest("no libm to stand in for a wrong library")
+        self.assertTrue(libm, "no libm to stand in for a wrong library")
         r = run_python("import mesh", {"MESH_LIBRARY": libm})
         self.assertIn("not libmesh", r.stderr)
 
@@ -147,12 +146,23 @@ class TestLibrary(unittest.TestCase):
         import re
         from mesh import _lib
         inc = os.path.join(DATA, "..", "..", "include", "mesh")
-        if not os.path.isdir(inc):
-            self.skipTest("no source tree next to the test data")
+        self.assertTrue(os.path.isdir(inc), "no source tree next to the test data")
         unbound = {"mesh_ctx_new_with_allocator"}  # Python has no use for allocator hooks
-        seen = set()
+        # Whole headers left out on purpose. Every other header with MESH_API
+        # functions is checked, so a new public header fails here until it
+        # is bound or listed.
+        unbound_headers = {
+            # The TLS layer is still being written (its API is not settled);
+            # bind it, and drop it from this list, once it is.
+            "tls.h",
+        }
+        bound_headers = sorted(h for h in os.listdir(inc)
+                               if h.endswith(".h") and h not in unbound_headers)
         for h in ("error.h", "ctx.h", "diag.h", "manifest.h", "profile.h", "split.h",
-                  "retry.h"):
+                  "retry.h", "identity.h"):
+            self.assertIn(h, bound_headers)
+        seen = set()
+        for h in bound_headers:
             with open(os.path.join(inc, h)) as f:
                 text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
             for m in re.finditer(r"MESH_API\s+[^;(]*?\b(mesh_\w+)\s*\(([^;]*?)\)\s*;", text):
@@ -164,7 +174,7 @@ class TestLibrary(unittest.TestCase):
                     self.assertTrue(name in _lib._PROTOTYPES, "%s is not declared" % name)
                     n = 0 if params in ("", "void") else params.count(",") + 1
                     self.assertEqual(len(_lib._PROTOTYPES[name][1]), n)
-        self.assertGreater(len(seen), 60)
+        self.assertGreater(len(seen), 120)
         self.assertEqual(set(_lib._PROTOTYPES) - seen, set())
 
 
