@@ -15,6 +15,7 @@
 #include <mesh/error.h>
 #include "ctx_internal.h"
 #include "identity_internal.h"
+#include "names_internal.h"
 
 /* ---- Reasons ------------------------------------------------------------ */
 
@@ -72,26 +73,6 @@ static int lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c
 
 static int span_is(span s, const char *lit) { return s.n == strlen(lit) && !memcmp(s.p, lit, s.n); }
 
-int mesh__dns_label_ok(const char *s, size_t n) {
-  if (n == 0 || n > 63 || !lower_alnum(s[0]) || !lower_alnum(s[n - 1])) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!lower_alnum(s[i]) && s[i] != '-') return 0;
-  return 1;
-}
-
-/* A lowercase DNS name: dot-separated labels. */
-static int dns_name_ok(const char *s, size_t n) {
-  if (n == 0 || n > MESH_IDENTITY_DNS_MAX) return 0;
-  size_t start = 0;
-  for (size_t i = 0; i <= n; i++) {
-    if (i == n || s[i] == '.') {
-      if (!mesh__dns_label_ok(s + start, i - start)) return 0;
-      start = i + 1;
-    }
-  }
-  return 1;
-}
-
 static size_t dns_form_len(const parts *pp) {
   return pp->sa.n + 1 + pp->ns.n + 1 + strlen(DNS_MIDDLE) + pp->cp.n + 1 + pp->td.n;
 }
@@ -128,7 +109,7 @@ static int parse_dns(const char *s, size_t n, parts *out, const char **why) {
   if (!mesh__dns_label_ok(label[0].p, label[0].n)) return fail(why, R_SA);
   if (!mesh__dns_label_ok(label[1].p, label[1].n)) return fail(why, R_NS);
   if (!mesh__dns_label_ok(label[4].p, label[4].n)) return fail(why, R_CP);
-  if (!dns_name_ok(td.p, td.n)) return fail(why, R_TD_DNS);
+  if (!mesh__dns_name_ok(td.p, td.n)) return fail(why, R_TD_DNS);
   out->sa = label[0];
   out->ns = label[1];
   out->cp = label[4];
@@ -179,7 +160,7 @@ static int parse_spiffe(const char *s, size_t n, const char *cp_ns, parts *out, 
   if (!mesh__dns_label_ok(seg[1].p, seg[1].n)) return fail(why, R_NS);
   if (!mesh__dns_label_ok(seg[3].p, seg[3].n)) return fail(why, R_SA);
   span td = {auth, (size_t)(auth_end - auth)};
-  if (!dns_name_ok(td.p, td.n)) return fail(why, R_URI_TD_NOT_DNS);
+  if (!mesh__dns_name_ok(td.p, td.n)) return fail(why, R_URI_TD_NOT_DNS);
   span cp = {cp_ns, strlen(cp_ns)};
   if (!mesh__dns_label_ok(cp.p, cp.n)) return fail(why, R_CP);
   out->ns = seg[1];
@@ -282,7 +263,7 @@ int mesh_identity_new(mesh_ctx *ctx, const char *ns, const char *sa, const char 
   if (!mesh__dns_label_ok(pp.ns.p, pp.ns.n)) return fail(why, R_NS);
   if (!mesh__dns_label_ok(pp.sa.p, pp.sa.n)) return fail(why, R_SA);
   if (!mesh__dns_label_ok(pp.cp.p, pp.cp.n)) return fail(why, R_CP);
-  if (!dns_name_ok(pp.td.p, pp.td.n)) return fail(why, R_TD_DNS);
+  if (!mesh__dns_name_ok(pp.td.p, pp.td.n)) return fail(why, R_TD_DNS);
   return build(ctx, &pp, why, ret);
 }
 

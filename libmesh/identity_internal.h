@@ -60,7 +60,6 @@ int mesh__key_is_p256(const mbedtls_pk_context *pk);
 int mesh__key_wrap(mesh_ctx *ctx, mbedtls_pk_context *pk, int has_private, mesh_key **ret);
 
 /* DNS-1123 label (1-63 of [a-z0-9-], alphanumeric at both ends). */
-int mesh__dns_label_ok(const char *s, size_t n);
 
 /* base64url without padding (RFC 7515 section 2). encode writes a NUL;
  * both return the length written, or (size_t)-1 when cap is too small or

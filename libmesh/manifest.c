@@ -108,21 +108,6 @@ static const struct kind_def *classify(mesh__reader *r, const mesh__node *api_no
   return NULL;
 }
 
-/* RFC 1123 names, as Kubernetes checks metadata.name and namespace. */
-static bool valid_dns_name(const char *s, size_t max, bool dots) {
-  size_t n = strlen(s);
-  if (n == 0 || n > max) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-    bool edge = i == 0 || i == n - 1 || (dots && (s[i - 1] == '.' || s[i + 1] == '.'));
-    if (alnum) continue;
-    if ((c == '-' || (dots && c == '.')) && !edge) continue;
-    return false;
-  }
-  return true;
-}
-
 /* The policy and mesh kinds are checked for shape here; their meaning is
  * compiled by the modules that enforce them. */
 static void check_shape(mesh__reader *r, const mesh__node *root, int kind) {
@@ -170,11 +155,11 @@ static int load_doc(mesh__reader *r, const mesh__node *root, doc *d) {
     return 0;
   }
   d->kind = k->id;
-  if (d->name && !valid_dns_name(d->name, 253, true))
+  if (d->name && !mesh_dns_name_valid(d->name))
     mesh__error(r, mesh__node_get(meta, "name"),
                 "'%s' is not a valid name (lower-case letters, digits, '-' and '.', at most 253)",
                 d->name);
-  if (meta && mesh__node_get(meta, "namespace") && !valid_dns_name(d->ns, 63, false))
+  if (meta && mesh__node_get(meta, "namespace") && !mesh_dns_label_valid(d->ns))
     mesh__error(r, mesh__node_get(meta, "namespace"),
                 "'%s' is not a valid namespace (lower-case letters, digits and '-', at most 63)",
                 d->ns);

@@ -240,19 +240,6 @@ static bool is_null(const mesh__node *n) {
          (n->len == 0 || strcmp(n->str, "~") == 0 || strcmp(n->str, "null") == 0);
 }
 
-/* RFC 1123: what mesh_profile_parse will demand of metadata. */
-static bool dns_name(const char *s, size_t max, bool dots) {
-  size_t n = strlen(s);
-  if (n == 0 || n > max) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) continue;
-    bool edge = i == 0 || i == n - 1 || (dots && (s[i - 1] == '.' || s[i + 1] == '.'));
-    if ((c == '-' || (dots && c == '.')) && !edge) continue;
-    return false;
-  }
-  return true;
-}
 
 /* State of one generation. */
 typedef struct {
@@ -521,12 +508,12 @@ int mesh_profile_from_openapi(mesh_ctx *ctx, const char *file, const char *buf, 
   if (!ctx || (!buf && len) || !name || !ret) return MESH_ERR_INVALID;
   if (!file) file = "<input>";
   if (!ns) ns = "default";
-  if (!dns_name(name, 253, true) || !dns_name(ns, 63, false)) {
+  if (!mesh_dns_name_valid(name) || !mesh_dns_label_valid(ns)) {
     int rc = mesh__diag_add(diags, MESH_DIAG_ERROR, file, 0, 0,
                             "'%s' is not a valid %s (lower-case letters, digits%s)",
-                            dns_name(name, 253, true) ? ns : name,
-                            dns_name(name, 253, true) ? "namespace" : "profile name",
-                            dns_name(name, 253, true) ? " and '-', at most 63"
+                            mesh_dns_name_valid(name) ? ns : name,
+                            mesh_dns_name_valid(name) ? "namespace" : "profile name",
+                            mesh_dns_name_valid(name) ? " and '-', at most 63"
                                                       : ", '-' and '.', at most 253");
     return rc < 0 ? rc : MESH_ERR_INVALID;
   }

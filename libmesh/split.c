@@ -180,19 +180,9 @@ size_t mesh_split_pick(const mesh_split *s, uint32_t rnd) {
 
 /* ---- compiling a TrafficSplit document ---- */
 
-/* A Kubernetes Service name (an RFC 1123 label), since backends become DNS
- * names such as <backend>.<namespace>.svc.cluster.local. */
-static bool valid_service_name(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 63) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) continue;
-    if (c == '-' && i != 0 && i != n - 1) continue;
-    return false;
-  }
-  return true;
-}
+/* Service names are RFC 1123 labels, since backends become DNS names such as
+ * <backend>.<namespace>.svc.cluster.local. */
+#define valid_service_name mesh_dns_label_valid
 
 static bool plain_integer(const mesh__node *v) {
   if (v->type != MESH_NODE_SCALAR || v->quoted || v->len == 0) return false;

@@ -9,6 +9,7 @@
 #include <mesh/error.h>
 #include "ctx_internal.h"
 #include "identity_internal.h"
+#include "names_internal.h"
 
 /* ---- base64url ---------------------------------------------------------- */
 

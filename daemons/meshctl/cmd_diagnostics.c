@@ -242,12 +242,7 @@ static int certificates(int argc, char **argv) {
     case OPT_DIR: dir = optarg; break;
     case OPT_CERTS: leaves[nleaves++] = optarg; break;
     case 'o':
-      if (strcmp(optarg, "json") == 0) json = true;
-      else if (strcmp(optarg, "text") == 0) json = false;
-      else {
-        fprintf(stderr, "%s: unknown output format '%s' (use text or json)\n", prog, optarg);
-        status = meshctl_usage_error(prog);
-      }
+      if (!meshctl_parse_output(prog, optarg, &json)) status = meshctl_usage_error(prog);
       break;
     case 'h':
       usage(stdout);

@@ -46,15 +46,6 @@ static long long days_left(uint64_t t, uint64_t now) {
   return d >= 0 ? d / 86400 : -((-d + 86399) / 86400);
 }
 
-static bool parse_output(const char *prog, const char *arg, bool *json) {
-  if (strcmp(arg, "json") == 0) *json = true;
-  else if (strcmp(arg, "text") == 0) *json = false;
-  else {
-    fprintf(stderr, "%s: unknown output format '%s' (use text or json)\n", prog, arg);
-    return false;
-  }
-  return true;
-}
 
 /* Reads and parses a PEM certificate file; prints why, naming the file, on failure. */
 static bool load_certs(const char *prog, mesh_ctx *ctx, const char *path, mesh_certs **ret) {
@@ -333,9 +324,9 @@ static int init_run(int argc, char **argv) {
     return meshctl_usage_error(prog);
   }
   if (!dir || !*dir) problem = "give the directory to write to with --dir DIR";
-  else if (!meshctl_dns_subdomain(td))
+  else if (!mesh_dns_name_valid(td))
     problem = "--identity-trust-domain must be a DNS name (lower-case letters, digits, '-' and '.')";
-  else if (!meshctl_dns_label(cp_ns))
+  else if (!mesh_dns_label_valid(cp_ns))
     problem = "--cp-namespace must be a namespace name (lower-case letters, digits and '-', at most 63)";
   else if ((issuer_file != NULL) != (key_file != NULL))
     problem = "--identity-issuer-certificate-file and --identity-issuer-key-file go together";
@@ -524,9 +515,9 @@ static int token_run(int argc, char **argv) {
     return meshctl_usage_error(prog);
   }
   if (!ns || !sa || !key_file) problem = "--ns, --sa and --key are required";
-  else if (!meshctl_dns_label(ns))
+  else if (!mesh_dns_label_valid(ns))
     problem = "--ns must be a namespace name (lower-case letters, digits and '-', at most 63)";
-  else if (!meshctl_dns_label(sa))
+  else if (!mesh_dns_label_valid(sa))
     problem = "--sa must be a service account name (lower-case letters, digits and '-', at most 63)";
   else if (!*aud || strlen(aud) > 256) problem = "--audience must be 1 to 256 characters";
   if (problem) {
@@ -616,7 +607,7 @@ static int get_issuer_run(int argc, char **argv) {
     case OPT_ISSUER: issuer_file = optarg; break;
     case OPT_ANCHORS: anchors_file = optarg; break;
     case 'o':
-      if (!parse_output(prog, optarg, &json)) return meshctl_usage_error(prog);
+      if (!meshctl_parse_output(prog, optarg, &json)) return meshctl_usage_error(prog);
       break;
     case 'h': usage_get_issuer(stdout); return MESHCTL_OK;
     default: return meshctl_usage_error(prog);
@@ -798,7 +789,7 @@ static int inspect_run(int argc, char **argv) {
     switch (c) {
     case OPT_ANCHORS: anchors_file = optarg; break;
     case 'o':
-      if (!parse_output(prog, optarg, &json)) return meshctl_usage_error(prog);
+      if (!meshctl_parse_output(prog, optarg, &json)) return meshctl_usage_error(prog);
       break;
     case 'h': usage_inspect(stdout); return MESHCTL_OK;
     default: return meshctl_usage_error(prog);

@@ -191,9 +191,9 @@ static int run(int argc, char **argv) {
   const char *name = argv[optind];
   /* The names become a DNS name the proxy looks the profile up by. */
   const char *bad = NULL, *what = NULL, *rule = "lower-case letters, digits and '-', at most 63";
-  if (!meshctl_dns_label(name)) bad = name, what = "service name";
-  else if (!meshctl_dns_label(ns)) bad = ns, what = "namespace";
-  else if (!meshctl_dns_subdomain(domain))
+  if (!mesh_dns_label_valid(name)) bad = name, what = "service name";
+  else if (!mesh_dns_label_valid(ns)) bad = ns, what = "namespace";
+  else if (!mesh_dns_name_valid(domain))
     bad = domain, what = "cluster domain", rule = "lower-case letters, digits, '-' and '.'";
   if (bad) {
     fprintf(stderr, "%s: '%s' is not a valid %s (%s)\n", prog, bad, what, rule);

@@ -37,11 +37,10 @@ bool meshctl_read(const char *prog, const char *path, size_t limit, char **buf, 
 /* Prints every diagnostic ("file:line:col: error: ...") to out. */
 void meshctl_print_diags(FILE *out, const mesh_diags *d);
 
-/* RFC 1123 label (a Service or namespace name) or subdomain (dots allowed). */
-bool meshctl_dns_label(const char *s);
-bool meshctl_dns_subdomain(const char *s);
 
 /* Prints "Run 'meshctl <cmd> --help' for usage." and returns MESHCTL_USAGE. */
 int meshctl_usage_error(const char *prog);
+/* -o text|json: false (after saying why on stderr) for anything else. */
+bool meshctl_parse_output(const char *prog, const char *arg, bool *json);
 
 #endif

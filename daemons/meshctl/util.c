@@ -59,21 +59,16 @@ void meshctl_print_diags(FILE *out, const mesh_diags *d) {
   for (size_t i = 0; i < mesh_diags_count(d); i++) fprintf(out, "%s\n", mesh_diags_text(d, i));
 }
 
-static bool dns_name(const char *s, size_t max, bool dots) {
-  size_t n = strlen(s);
-  if (n == 0 || n > max) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) continue;
-    bool edge = i == 0 || i == n - 1 || (dots && (s[i - 1] == '.' || s[i + 1] == '.'));
-    if ((c == '-' || (dots && c == '.')) && !edge) continue;
+
+bool meshctl_parse_output(const char *prog, const char *arg, bool *json) {
+  if (strcmp(arg, "json") == 0) *json = true;
+  else if (strcmp(arg, "text") == 0) *json = false;
+  else {
+    fprintf(stderr, "%s: unknown output format '%s' (use text or json)\n", prog, arg);
     return false;
   }
   return true;
 }
-
-bool meshctl_dns_label(const char *s) { return dns_name(s, 63, false); }
-bool meshctl_dns_subdomain(const char *s) { return dns_name(s, 253, true); }
 
 int meshctl_usage_error(const char *prog) {
   fprintf(stderr, "Run '%s --help' for usage.\n", prog);

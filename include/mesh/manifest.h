@@ -61,6 +61,12 @@ MESH_API uint32_t mesh_manifest_line(const mesh_manifest *m, size_t i);
 MESH_API const mesh_profile *mesh_manifest_profile(const mesh_manifest *m, size_t i);
 MESH_API const mesh_split *mesh_manifest_split(const mesh_manifest *m, size_t i);
 
+/* The RFC 1123 rules for names, as Kubernetes applies them: 1 when s is a
+ * label (a namespace or Service: [a-z0-9-], at most 63, no '-' at either
+ * end), or a name (labels joined by '.', at most 253); 0 otherwise or NULL. */
+MESH_API int mesh_dns_label_valid(const char *s);
+MESH_API int mesh_dns_name_valid(const char *s);
+
 MESH_END_DECLS
 
 #endif

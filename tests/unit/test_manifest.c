@@ -304,6 +304,27 @@ START_TEST(bad_corpus) {
 }
 END_TEST
 
+START_TEST(name_rules) {
+  ck_assert_int_eq(mesh_dns_label_valid("exam-api"), 1);
+  ck_assert_int_eq(mesh_dns_label_valid("a"), 1);
+  ck_assert_int_eq(mesh_dns_label_valid("-a"), 0);
+  ck_assert_int_eq(mesh_dns_label_valid("a-"), 0);
+  ck_assert_int_eq(mesh_dns_label_valid("Exam"), 0);
+  ck_assert_int_eq(mesh_dns_label_valid("a.b"), 0);
+  ck_assert_int_eq(mesh_dns_label_valid(""), 0);
+  ck_assert_int_eq(mesh_dns_label_valid(NULL), 0);
+  char l63[64], l64[65];
+  memset(l63, 'a', 63), l63[63] = '\0';
+  memset(l64, 'a', 64), l64[64] = '\0';
+  ck_assert_int_eq(mesh_dns_label_valid(l63), 1);
+  ck_assert_int_eq(mesh_dns_label_valid(l64), 0);
+  ck_assert_int_eq(mesh_dns_name_valid("exam-api.production.svc.cluster.local"), 1);
+  ck_assert_int_eq(mesh_dns_name_valid("a..b"), 0);
+  ck_assert_int_eq(mesh_dns_name_valid("a.b."), 0);
+  ck_assert_int_eq(mesh_dns_name_valid(l64), 0);
+}
+END_TEST
+
 static int load_all_seed(mesh_ctx *c, void *arg) {
   (void)arg;
   static const char *files[] = {"seed/exam-api-profile.yaml", "seed/user-service-profile.yaml",
@@ -350,6 +371,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, unreadable_file);
   tcase_add_test(tc, every_document_is_reported);
   tcase_add_test(tc, bad_corpus);
+  tcase_add_test(tc, name_rules);
   tcase_add_test(tc, allocation_failures);
   suite_add_tcase(s, tc);
   return s;

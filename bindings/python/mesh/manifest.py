@@ -159,3 +159,13 @@ class Manifest(Handle):
     def __repr__(self):
         return "<mesh.Manifest %d documents%s>" % (len(self.documents),
                                                    " closed" if self.closed else "")
+
+
+def dns_label_valid(s: str) -> bool:
+    """True when s is an RFC 1123 label, as Kubernetes names namespaces and Services."""
+    return bool(lib.mesh_dns_label_valid(cstr(s, "name")))
+
+
+def dns_name_valid(s: str) -> bool:
+    """True when s is an RFC 1123 name (labels joined by '.', at most 253)."""
+    return bool(lib.mesh_dns_name_valid(cstr(s, "name")))
