@@ -10,8 +10,8 @@ FUZZ_SECONDS ?= 60
 DEPS = meson ninja-build pkg-config gcc g++ python3 \
        libmbedtls-dev libnghttp2-dev libc-ares-dev libevent-dev libjansson-dev \
        libyaml-dev check libpcre2-dev libhttp-parser-dev \
-       openssl curl nghttp2-client
-TEST_DEPS = clang libclang-rt-14-dev valgrind
+       openssl curl nghttp2-client iproute2 iptables
+TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus
 
 .PHONY: all deps test-deps build demo test clean
 

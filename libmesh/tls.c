@@ -52,7 +52,7 @@ static const mbedtls_x509_crt_profile CRT_PROFILE = {
 
 /* ---- Reasons ------------------------------------------------------------ */
 
-static const char R_NO_CREDS[] = "no certificate chain and private key were set";
+static const char R_NO_CREDS[] = "a certificate chain was set without its private key, or the reverse";
 static const char R_NO_ANCHORS[] = "no trust anchors were set";
 static const char R_CHAIN_EMPTY[] = "certificate chain is empty";
 static const char R_KEY_PUBLIC[] = "the private key PEM holds a public key";
@@ -257,8 +257,10 @@ static int conf_setup(mesh_tls_config *cfg, mbedtls_ssl_config *conf, int endpoi
   mbedtls_ssl_conf_authmode(conf, authmode);
   mbedtls_ssl_conf_renegotiation(conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
   mbedtls_ssl_conf_ca_chain(conf, mesh__certs_crt(cfg->anchors), NULL);
-  rc = mbedtls_ssl_conf_own_cert(conf, mesh__certs_crt(cfg->chain), mesh__key_pk(cfg->key));
-  if (rc) goto fail;
+  if (cfg->chain) { /* a client-only configuration presents no certificate */
+    rc = mbedtls_ssl_conf_own_cert(conf, mesh__certs_crt(cfg->chain), mesh__key_pk(cfg->key));
+    if (rc) goto fail;
+  }
   if (alpn[0]) {
     /* mbedTLS keeps the pointer and never writes through it. */
     rc = mbedtls_ssl_conf_alpn_protocols(conf, (const char **)alpn);
@@ -316,7 +318,9 @@ static int config_fail(mesh_tls_config *cfg, int rc, const char *reason, const c
 
 int mesh_tls_config_new(const mesh_tls_opts *o, const char **why, mesh_tls_config **ret) {
   if (!o || !ret) return MESH_ERR_INVALID;
-  if (!o->chain || !o->key) {
+  /* Neither makes a client-only configuration: how a workload reaches the
+   * identity service before it has a certificate. */
+  if (!o->chain != !o->key) {
     if (why) *why = R_NO_CREDS;
     return MESH_ERR_INVALID;
   }
@@ -338,21 +342,23 @@ int mesh_tls_config_new(const mesh_tls_opts *o, const char **why, mesh_tls_confi
   const char *w = NULL;
   int rc = alpn_parse(ctx, o->alpn, &cfg->alpn_buf, cfg->alpn, &w);
   if (rc) return config_fail(cfg, rc, w, why);
-  rc = mesh_certs_parse(ctx, o->chain, o->chain_len, &w, &cfg->chain);
-  if (rc) return config_fail(cfg, rc, w, why);
-  if (mesh_certs_count(cfg->chain) == 0)
-    return config_fail(cfg, MESH_ERR_PARSE, R_CHAIN_EMPTY, why);
-  rc = mesh_key_parse(ctx, o->key, o->key_len, &w, &cfg->key);
-  if (rc) return config_fail(cfg, rc, w, why);
-  if (!mesh_key_pem(cfg->key)) return config_fail(cfg, MESH_ERR_INVALID, R_KEY_PUBLIC, why);
-  if (!mbedtls_pk_can_do(mesh__key_pk(cfg->key), MBEDTLS_PK_ECDSA))
-    return config_fail(cfg, MESH_ERR_UNSUPPORTED, R_KEY_TYPE, why);
-  mbedtls_x509_crt *leaf = mesh__certs_crt(cfg->chain);
-  rc = mbedtls_pk_check_pair(&leaf->pk, mesh__key_pk(cfg->key));
-  if (rc) return config_fail(cfg, mesh__tls_err(rc, MESH_ERR_TLS), R_KEY_MISMATCH, why);
-  rc = mesh_certs_identity(cfg->chain, 0, &w, &cfg->id);
-  if (rc) return config_fail(cfg, rc, w, why);
-  cfg->not_after = mesh_certs_not_after(cfg->chain, 0);
+  if (o->chain) {
+    rc = mesh_certs_parse(ctx, o->chain, o->chain_len, &w, &cfg->chain);
+    if (rc) return config_fail(cfg, rc, w, why);
+    if (mesh_certs_count(cfg->chain) == 0)
+      return config_fail(cfg, MESH_ERR_PARSE, R_CHAIN_EMPTY, why);
+    rc = mesh_key_parse(ctx, o->key, o->key_len, &w, &cfg->key);
+    if (rc) return config_fail(cfg, rc, w, why);
+    if (!mesh_key_pem(cfg->key)) return config_fail(cfg, MESH_ERR_INVALID, R_KEY_PUBLIC, why);
+    if (!mbedtls_pk_can_do(mesh__key_pk(cfg->key), MBEDTLS_PK_ECDSA))
+      return config_fail(cfg, MESH_ERR_UNSUPPORTED, R_KEY_TYPE, why);
+    mbedtls_x509_crt *leaf = mesh__certs_crt(cfg->chain);
+    rc = mbedtls_pk_check_pair(&leaf->pk, mesh__key_pk(cfg->key));
+    if (rc) return config_fail(cfg, mesh__tls_err(rc, MESH_ERR_TLS), R_KEY_MISMATCH, why);
+    rc = mesh_certs_identity(cfg->chain, 0, &w, &cfg->id);
+    if (rc) return config_fail(cfg, rc, w, why);
+    cfg->not_after = mesh_certs_not_after(cfg->chain, 0);
+  }
   rc = mesh_certs_parse(ctx, o->anchors, o->anchors_len, &w, &cfg->anchors);
   if (rc) return config_fail(cfg, rc, w, why);
 
@@ -1008,7 +1014,8 @@ fail:
 int mesh_tls_conn_server(mesh_tls_config *cfg, struct bufferevent *underlying, int client_auth,
                          mesh_tls_conn **ret) {
   if (!cfg || !underlying || !ret ||
-      (client_auth != MESH_TLS_CLIENT_AUTH_REQUIRED && client_auth != MESH_TLS_CLIENT_AUTH_OPTIONAL))
+      (client_auth != MESH_TLS_CLIENT_AUTH_REQUIRED && client_auth != MESH_TLS_CLIENT_AUTH_OPTIONAL) ||
+      !cfg->chain)
     return MESH_ERR_INVALID;
   mesh_tls_conn *c = conn_new(cfg);
   if (!c) return MESH_ERR_NOMEM;

@@ -1,4 +1,4 @@
-/* meshctl identity: set up the trust anchors, issuer and token key, mint tokens, and inspect certificates. */
+/* meshctl identity: set up the trust anchors, issuer and token key, mint tokens, get certificates from the identity service, and inspect them. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <jansson.h>
+
+#include <mesh/rpc.h>
 
 #include "meshctl.h"
 
@@ -27,7 +29,8 @@ static void usage(FILE *out) {
           "  init        generate (or accept) trust anchors, an issuer and a token key\n"
           "  token       mint a token a workload presents to get its certificate\n"
           "  get-issuer  show the issuer certificate and whether the trust anchors sign it\n"
-          "  inspect     show the certificates in a PEM file, and verify them\n\n"
+          "  inspect     show the certificates in a PEM file, and verify them\n"
+          "  certify     get a workload certificate from the identity service\n\n"
           "Run 'meshctl identity SUBCOMMAND --help' for a subcommand's flags.\n"
           "Exit status: 0 on success, 1 on failure, 2 for a usage error.\n");
 }
@@ -852,6 +855,261 @@ done:
   return status;
 }
 
+/* ---- certify ---------------------------------------------------------------- */
+
+#define CERTIFY_TIMEOUT_MS 15000u
+
+static void usage_certify(FILE *out) {
+  fprintf(out,
+          "Get a workload certificate from the identity service (mesh-identity), as a\n"
+          "proxy does at start: a new key, a CSR and the workload's token, over TLS.\n\n"
+          "Usage:\n"
+          "  meshctl identity certify --addr HOST:PORT (--dir DIR | --anchors ca.crt)\n"
+          "      (--token TOKEN | --token-file FILE) --ns NS --sa SA [--out-dir OUT]\n\n"
+          "Flags:\n"
+          "      --addr HOST:PORT         the identity service (default 127.0.0.1:8080)\n"
+          "      --dir DIR                the directory of 'identity init': its ca.crt and,\n"
+          "                               from identity.json, the trust domain and namespace\n"
+          "      --anchors FILE           trust anchors (PEM) to check the service and the answer\n"
+          "      --identity-trust-domain DOMAIN  (default from --dir, else \"cluster.local\")\n"
+          "      --cp-namespace NS        the control plane's namespace (default from --dir,\n"
+          "                               else \"linkerd\")\n"
+          "      --token TOKEN            the workload's token ('meshctl identity token')\n"
+          "      --token-file FILE        read the token from FILE (\"-\": standard input)\n"
+          "      --ns NAMESPACE           the workload's namespace\n"
+          "      --sa ACCOUNT             the workload's service account\n"
+          "      --out-dir OUT            write OUT/leaf.crt, OUT/chain.crt (intermediates)\n"
+          "                               and OUT/key.pem (mode 0600); otherwise the key\n"
+          "                               never leaves memory\n"
+          "  -h, --help                   show this help\n\n"
+          "The service must present identity.<ns>.serviceaccount.identity.<ns>.<domain>\n"
+          "(ns: the control plane's) under the trust anchors. The certificate received is\n"
+          "verified against them before anything is written.\n"
+          "Exit status: 0 with a certificate, 1 when refused or unreachable, 2 for a usage error.\n");
+}
+
+/* trustDomain and controlPlaneNamespace from DIR/identity.json, when present. */
+static bool read_identity_json(const char *prog, const char *dir, char *td, size_t td_size,
+                               char *ns, size_t ns_size) {
+  char path[4096];
+  if (!join(prog, path, sizeof path, dir, "identity.json")) return false;
+  json_error_t je;
+  json_t *c = json_load_file(path, 0, &je);
+  if (!c) {
+    fprintf(stderr, "%s: %s: %s\n", prog, path, je.text);
+    return false;
+  }
+  const char *t = json_string_value(json_object_get(c, "trustDomain"));
+  const char *n = json_string_value(json_object_get(c, "controlPlaneNamespace"));
+  if (t) snprintf(td, td_size, "%s", t);
+  if (n) snprintf(ns, ns_size, "%s", n);
+  json_decref(c);
+  return true;
+}
+
+/* Prints the service's refusal, from its error body when it has one. */
+static void print_refusal(const char *prog, const char *addr, int status, const char *body) {
+  json_t *j = body ? json_loads(body, 0, NULL) : NULL;
+  json_t *e = json_object_get(j, "error");
+  const char *code = json_string_value(json_object_get(e, "code"));
+  const char *msg = json_string_value(json_object_get(e, "message"));
+  fprintf(stderr, "%s: the identity service at %s refused the request (HTTP %d, %s): %s\n", prog,
+          addr, status, code ? code : "no error code", msg && *msg ? msg : "no reason given");
+  json_decref(j);
+}
+
+static int certify_run(int argc, char **argv) {
+  enum { OPT_ADDR = 256, OPT_DIR, OPT_ANCHORS, OPT_TD, OPT_CPNS, OPT_TOKEN, OPT_TOKEN_FILE, OPT_NS,
+         OPT_SA, OPT_OUT };
+  static const struct option opts[] = {
+      {"addr", required_argument, NULL, OPT_ADDR},
+      {"dir", required_argument, NULL, OPT_DIR},
+      {"anchors", required_argument, NULL, OPT_ANCHORS},
+      {"identity-trust-domain", required_argument, NULL, OPT_TD},
+      {"cp-namespace", required_argument, NULL, OPT_CPNS},
+      {"token", required_argument, NULL, OPT_TOKEN},
+      {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+      {"ns", required_argument, NULL, OPT_NS},
+      {"sa", required_argument, NULL, OPT_SA},
+      {"out-dir", required_argument, NULL, OPT_OUT},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *prog = argv[0], *addr = "127.0.0.1:8080", *dir = NULL, *anchors_file = NULL;
+  const char *td_flag = NULL, *cpns_flag = NULL, *token_arg = NULL, *token_file = NULL;
+  const char *ns = NULL, *sa = NULL, *out_dir = NULL;
+  int c;
+  optind = 0;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case OPT_ADDR: addr = optarg; break;
+    case OPT_DIR: dir = optarg; break;
+    case OPT_ANCHORS: anchors_file = optarg; break;
+    case OPT_TD: td_flag = optarg; break;
+    case OPT_CPNS: cpns_flag = optarg; break;
+    case OPT_TOKEN: token_arg = optarg; break;
+    case OPT_TOKEN_FILE: token_file = optarg; break;
+    case OPT_NS: ns = optarg; break;
+    case OPT_SA: sa = optarg; break;
+    case OPT_OUT: out_dir = optarg; break;
+    case 'h': usage_certify(stdout); return MESHCTL_OK;
+    default: return meshctl_usage_error(prog);
+    }
+  }
+  const char *problem = NULL;
+  if (optind < argc) {
+    fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+    return meshctl_usage_error(prog);
+  }
+  if (!dir && !anchors_file) problem = "give the trust anchors with --dir DIR or --anchors FILE";
+  else if (!token_arg == !token_file) problem = "give the token with one of --token or --token-file";
+  else if (!ns || !sa) problem = "--ns and --sa are required";
+  else if (!mesh_dns_label_valid(ns))
+    problem = "--ns must be a namespace name (lower-case letters, digits and '-', at most 63)";
+  else if (!mesh_dns_label_valid(sa))
+    problem = "--sa must be a service account name (lower-case letters, digits and '-', at most 63)";
+  if (problem) {
+    fprintf(stderr, "%s: %s\n", prog, problem);
+    return meshctl_usage_error(prog);
+  }
+  char td[254] = MESH_IDENTITY_DEFAULT_TRUST_DOMAIN, cp_ns[64] = MESH_IDENTITY_DEFAULT_CP_NS;
+  char anchors_path[4096];
+  if (dir) {
+    if (!read_identity_json(prog, dir, td, sizeof td, cp_ns, sizeof cp_ns)) return MESHCTL_FAILED;
+    if (!anchors_file) {
+      if (!join(prog, anchors_path, sizeof anchors_path, dir, "ca.crt")) return MESHCTL_FAILED;
+      anchors_file = anchors_path;
+    }
+  }
+  if (td_flag) snprintf(td, sizeof td, "%s", td_flag);
+  if (cpns_flag) snprintf(cp_ns, sizeof cp_ns, "%s", cpns_flag);
+
+  int status = MESHCTL_FAILED, rc;
+  char *anchors_pem = NULL, *token = NULL, *request = NULL, *response = NULL;
+  size_t anchors_len = 0, token_len = 0;
+  mesh_certs *anchors = NULL, *chain = NULL;
+  mesh_key *key = NULL;
+  mesh_identity *id = NULL, *server = NULL, *got = NULL;
+  mesh_tls_opts *topts = NULL;
+  mesh_tls_config *tls = NULL;
+  const char *why = NULL;
+  mesh_ctx *ctx = meshctl_ctx(prog);
+  if (!ctx) return MESHCTL_FAILED;
+  if (!meshctl_read(prog, anchors_file, MESH_CERTS_MAX_BYTES, &anchors_pem, &anchors_len)) goto done;
+  if ((rc = mesh_certs_parse(ctx, anchors_pem, anchors_len, &why, &anchors)) < 0) {
+    fprintf(stderr, "%s: %s: not a PEM certificate file: %s\n", prog, anchors_file,
+            why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  if (token_file) {
+    if (!meshctl_read(prog, token_file, MESH_TOKEN_MAX_LEN, &token, &token_len)) goto done;
+  } else if (!(token = strdup(token_arg))) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    goto done;
+  }
+  /* A token file written by `meshctl identity token > F` ends with a newline. */
+  token_len = strlen(token);
+  while (token_len && (token[token_len - 1] == '\n' || token[token_len - 1] == '\r' ||
+                       token[token_len - 1] == ' '))
+    token[--token_len] = '\0';
+
+  if ((rc = mesh_identity_new(ctx, ns, sa, cp_ns, td, &why, &id)) < 0 ||
+      (rc = mesh_identity_new(ctx, cp_ns, "identity", cp_ns, td, &why, &server)) < 0) {
+    fprintf(stderr, "%s: trust domain '%s' or namespace '%s' is not a valid name: %s\n", prog, td,
+            cp_ns, why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  if ((rc = mesh_key_generate(ctx, &key)) < 0) {
+    fprintf(stderr, "%s: cannot generate a key: %s\n", prog, mesh_strerror(rc));
+    goto done;
+  }
+  rc = mesh_certify_request(key, id, token, &request);
+  if (rc == MESH_ERR_PARSE || rc == MESH_ERR_LIMIT) {
+    fprintf(stderr, "%s: the token is not a JWS (base64url segments joined by dots, at most %u bytes)\n",
+            prog, MESH_TOKEN_MAX_LEN);
+    goto done;
+  }
+  if (rc < 0) {
+    fprintf(stderr, "%s: cannot make the request: %s\n", prog, mesh_strerror(rc));
+    goto done;
+  }
+  /* No certificate yet: a client-only TLS configuration, which still
+   * checks the service's certificate against the anchors. */
+  if ((rc = mesh_tls_opts_new(ctx, &topts)) < 0 ||
+      (rc = mesh_tls_opts_set_anchors(topts, anchors_pem, anchors_len)) < 0 ||
+      (rc = mesh_tls_opts_set_alpn(topts, "h2")) < 0 ||
+      (rc = mesh_tls_config_new(topts, &why, &tls)) < 0) {
+    fprintf(stderr, "%s: cannot set up TLS with %s: %s\n", prog, anchors_file,
+            why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  int http_status = 0;
+  why = NULL;
+  rc = mesh_rpc_call_sync(ctx, tls, addr, mesh_identity_dns(server), MESH_CERTIFY_PATH, request,
+                          strlen(request), CERTIFY_TIMEOUT_MS, &http_status, &response, &why);
+  if (rc < 0) {
+    fprintf(stderr, "%s: cannot reach the identity service at %s as %s: %s\n", prog, addr,
+            mesh_identity_dns(server), why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  if (http_status != 200) {
+    print_refusal(prog, addr, http_status, response);
+    goto done;
+  }
+  uint64_t valid_until = 0, now = (uint64_t)time(NULL);
+  if ((rc = mesh_certify_response_parse(ctx, response, strlen(response), &chain, &valid_until,
+                                        &why)) < 0) {
+    fprintf(stderr, "%s: the identity service's answer is malformed: %s\n", prog,
+            why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  if ((rc = mesh_certs_verify_peer(chain, anchors, now, id, &why, &got)) < 0) {
+    fprintf(stderr, "%s: the certificate received does not verify against %s: %s\n", prog,
+            anchors_file, why ? why : mesh_strerror(rc));
+    goto done;
+  }
+  if (out_dir) {
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+      fprintf(stderr, "%s: %s: %s\n", prog, out_dir, strerror(errno));
+      goto done;
+    }
+    const char *inter = mesh_certs_count(chain) > 1 ? mesh_certs_bundle_pem(chain, 1) : "";
+    if (!write_file(prog, out_dir, "key.pem", mesh_key_pem(key), 0600) ||
+        !write_file(prog, out_dir, "leaf.crt", mesh_certs_pem(chain, 0), 0644) ||
+        !write_file(prog, out_dir, "chain.crt", inter, 0644))
+      goto done;
+  }
+  char nb[32], na[32];
+  rfc3339(mesh_certs_not_before(chain, 0), nb);
+  rfc3339(valid_until, na);
+  printf("Certified %s\n", mesh_identity_dns(got));
+  printf("  SPIFFE ID:   %s\n", mesh_identity_uri(got));
+  printf("  Issuer:      %s\n", mesh_certs_issuer(chain, 0));
+  printf("  Serial:      %s\n", mesh_certs_serial(chain, 0));
+  printf("  Valid:       %s to %s\n", nb, na);
+  printf("  Chain:       verified against %s\n", anchors_file);
+  if (out_dir)
+    printf("  Written:     %s/leaf.crt, %s/chain.crt, %s/key.pem (mode 0600)\n", out_dir, out_dir,
+           out_dir);
+  status = fflush(stdout) == 0 ? MESHCTL_OK : MESHCTL_FAILED;
+done:
+  if (token) memset(token, 0, strlen(token));
+  free(token);
+  free(anchors_pem);
+  mesh_free_string(ctx, request);
+  mesh_free_string(ctx, response);
+  mesh_tls_config_unref(tls);
+  mesh_tls_opts_free(topts);
+  mesh_identity_free(got);
+  mesh_identity_free(server);
+  mesh_identity_free(id);
+  mesh_key_free(key);
+  mesh_certs_free(chain);
+  mesh_certs_free(anchors);
+  mesh_ctx_free(ctx);
+  return status;
+}
+
 /* ---- Dispatch ----------------------------------------------------------------- */
 
 static const struct {
@@ -862,12 +1120,13 @@ static const struct {
     {"token", token_run},
     {"get-issuer", get_issuer_run},
     {"inspect", inspect_run},
+    {"certify", certify_run},
 };
 
 static int run(int argc, char **argv) {
   const char *prog = argv[0];
   if (argc < 2) {
-    fprintf(stderr, "%s: give a subcommand: init, token, get-issuer or inspect\n\n", prog);
+    fprintf(stderr, "%s: give a subcommand: init, token, get-issuer, inspect or certify\n\n", prog);
     usage(stderr);
     return MESHCTL_USAGE;
   }
@@ -891,7 +1150,7 @@ static int run(int argc, char **argv) {
 
 const meshctl_command meshctl_cmd_identity = {
     .name = "identity",
-    .summary = "set up trust anchors, issuer and token key; mint tokens; inspect certificates",
+    .summary = "set up trust anchors, issuer and token key; mint tokens; get and inspect certificates",
     .run = run,
     .usage = usage,
 };

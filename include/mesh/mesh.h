@@ -11,7 +11,12 @@
 #include <mesh/profile.h>
 #include <mesh/split.h>
 #include <mesh/retry.h>
+#include <mesh/balance.h>
 #include <mesh/identity.h>
+#include <mesh/certify.h>
 #include <mesh/tls.h>
+#include <mesh/metrics.h>
+#include <mesh/rpc.h>
+#include <mesh/proxy.h>
 
 #endif

@@ -3,6 +3,7 @@
 #define MESH_RPC_H
 
 #include <mesh/ctx.h>
+#include <mesh/error.h>
 #include <mesh/tls.h>
 
 /* Both ends run on the application's libevent loop; only this type crosses
@@ -21,6 +22,7 @@ MESH_BEGIN_DECLS
  *            client cancels it.
  * Errors are any non-2xx status with the body
  *   {"error":{"code":"<one of MESH_RPC_CODE_*>","message":"<for a person>"}}
+ * (doc/protocol.md has the status that goes with each code).
  * Transport: HTTP/2 with prior knowledge (h2c) when no TLS configuration is
  * given -- for tests and loopback bootstrapping only -- else TLS with ALPN
  * "h2" through the tls module (a TLS client that negotiates no ALPN is
@@ -42,8 +44,8 @@ MESH_BEGIN_DECLS
 /* ---- Error codes in error bodies -------------------------------------- */
 
 #define MESH_RPC_CODE_INVALID_ARGUMENT "invalid_argument"       /* 400 */
-#define MESH_RPC_CODE_FAILED_PRECONDITION "failed_precondition" /* 400 / 409 */
-#define MESH_RPC_CODE_UNAVAILABLE "unavailable"                 /* 503 */
+#define MESH_RPC_CODE_FAILED_PRECONDITION "failed_precondition" /* 412 */
+#define MESH_RPC_CODE_UNAVAILABLE "unavailable"                 /* 503 (408) */
 #define MESH_RPC_CODE_UNAUTHENTICATED "unauthenticated"         /* 401 */
 #define MESH_RPC_CODE_PERMISSION_DENIED "permission_denied"     /* 403 */
 #define MESH_RPC_CODE_NOT_FOUND "not_found"                     /* 404 */
@@ -262,7 +264,7 @@ typedef struct mesh_rpc_stream mesh_rpc_stream;
  *               NULL for 2xx, else the "code" of the error body
  *               (MESH_RPC_CODE_*), or "unknown" when the body carries none.
  *   status < 0  no answer: a MESH_ERR_* code, body NULL, len 0, error a
- *               static reason a person can act on:
+ *               reason a person can act on (valid during the callback):
  *                 MESH_ERR_CONNECT   TCP connect failed or timed out
  *                 MESH_ERR_TLS       handshake failed (untrusted, alert, ALPN)
  *                 MESH_ERR_IDENTITY  the server is not the expected identity
@@ -306,7 +308,8 @@ MESH_API int mesh_rpc_client_set_tls(mesh_rpc_client *cl, mesh_tls_config *cfg);
  * runs exactly once, from the event loop, if and only if this returns 0.
  * timeout_ms covers connecting and the whole answer; 0 means none.
  * MESH_ERR_INVALID (NULLs, path not starting with '/'), MESH_ERR_LIMIT
- * (body over 16 MiB), MESH_ERR_NOMEM. */
+ * (body over 16 MiB, path over 1024 bytes), MESH_ERR_CLOSED (the client is
+ * being freed), MESH_ERR_NOMEM. */
 MESH_API int mesh_rpc_client_call(mesh_rpc_client *cl, const char *path, const char *body,
                                   size_t len, uint32_t timeout_ms, mesh_rpc_reply_fn on_reply,
                                   void *ud);
@@ -346,8 +349,8 @@ MESH_API void mesh_rpc_client_free(mesh_rpc_client *cl);
  * NUL-terminated, allocated with ctx's allocator: free it with
  * mesh_free_string(ctx, s) (mesh/profile.h). Otherwise one of the
  * mesh_rpc_reply_fn error codes (or an argument error of
- * mesh_rpc_client_new), *why (may be NULL) gets a static reason, and the
- * ret_ pointers are left alone. */
+ * mesh_rpc_client_new), *why (may be NULL) gets a reason (valid until the
+ * thread's next mesh_rpc_call_sync), and the ret_ pointers are left alone. */
 MESH_API int mesh_rpc_call_sync(mesh_ctx *ctx, mesh_tls_config *tls, const char *addr,
                                 const char *expected_server_identity, const char *path,
                                 const char *body, size_t len, uint32_t timeout_ms,

@@ -56,7 +56,11 @@ MESH_API void mesh_tls_opts_free(mesh_tls_opts *opts); /* NULL is a no-op */
 
 /* The workload's certificate chain (leaf first, then intermediates) and its
  * private key, both PEM in memory; the bytes are copied (the key copy is
- * zeroed when released). Required. MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+ * zeroed when released). Required for servers. Without them the
+ * configuration is client-only: it presents no certificate (how a workload
+ * reaches the identity service before it has one), mesh_tls_conn_server
+ * refuses it with MESH_ERR_INVALID, and mesh_tls_config_identity gives NULL.
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
 MESH_API int mesh_tls_opts_set_credentials(mesh_tls_opts *opts, const char *chain_pem,
                                            size_t chain_len, const char *key_pem, size_t key_len);
 
@@ -92,7 +96,8 @@ typedef struct mesh_tls_config mesh_tls_config;
 
 /* Build a configuration from opts (which may be freed afterwards). The
  * key must match the leaf, which must carry a workload identity.
- * MESH_ERR_INVALID (NULL, or credentials or anchors missing), MESH_ERR_PARSE
+ * MESH_ERR_INVALID (NULL, anchors missing, or a chain without a key or the
+ * reverse), MESH_ERR_PARSE
  * (bad PEM), MESH_ERR_IDENTITY (leaf without a workload identity),
  * MESH_ERR_UNSUPPORTED (key type), MESH_ERR_TLS (key does not match),
  * MESH_ERR_LIMIT, MESH_ERR_NOMEM, or the random source's error. */
@@ -105,7 +110,8 @@ MESH_API mesh_tls_config *mesh_tls_config_ref(mesh_tls_config *cfg);
 MESH_API void mesh_tls_config_unref(mesh_tls_config *cfg);
 
 /* The workload's own identity (from its leaf), and the leaf's validity end
- * (seconds since the epoch). Live as long as the configuration. */
+ * (seconds since the epoch); NULL and 0 for a client-only configuration.
+ * Live as long as the configuration. */
 MESH_API const mesh_identity *mesh_tls_config_identity(const mesh_tls_config *cfg);
 MESH_API uint64_t mesh_tls_config_not_after(const mesh_tls_config *cfg);
 

@@ -13,13 +13,15 @@ path of libmesh.so), else ctypes.util.find_library("mesh"), else the dynamic
 loader's search path for libmesh.so.0. Standard library only; Python 3.9+.
 
 Thread safety follows the C library: profiles and sealed splits are
-immutable and may be shared between threads, budgets are thread-safe, so
-are identities, keys, CSRs, certificates and (once configured) CAs, and
-everything else is used by one thread at a time.
+immutable and may be shared between threads, budgets and balancers are
+thread-safe, so are identities, keys, CSRs, certificates, (once
+configured) CAs and metrics (Registry and its series), and everything else is
+used by one thread at a time.
 """
 
 from ._lib import lib as _clib
 from ._lib import path as library_path
+from .balance import Balancer, Endpoint, EndpointState
 from .context import (LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN, Context, default_context)
 from .errors import (AgainError, ClosedError, ConnectError, DeniedError, Diagnostic,
                      ExpiredError, IdentityError, InvalidArgument, LimitError, MeshError,
@@ -32,6 +34,7 @@ from .profile import (DEFAULT_BUDGET, ROUTE_DEFAULT_TIMEOUT_MS, Profile, RetryBu
                       classify_default)
 from .retry import BACKOFF_BASE_MS, BACKOFF_MAX_MS, Budget, backoff_ms, now_ms
 from .split import WEIGHT_TOTAL, Backend, Split
+from .metrics import LATENCY_BOUNDS, Registry
 
 # Exceptions show as mesh.ParseError etc., wherever they are defined.
 for _cls in (MeshError, Diagnostic):
@@ -68,7 +71,9 @@ __all__ = [
     "Profile", "Route", "RetryBudget", "classify_default", "DEFAULT_BUDGET",
     "ROUTE_DEFAULT_TIMEOUT_MS",
     "Split", "Backend", "WEIGHT_TOTAL",
+    "Registry", "LATENCY_BOUNDS",
     "Budget", "backoff_ms", "now_ms", "BACKOFF_BASE_MS", "BACKOFF_MAX_MS",
+    "Balancer", "Endpoint", "EndpointState",
     "Identity", "Key", "Csr", "Certs", "Certificate", "San", "SanType", "CA",
     "renew_at", "retry_delay_ms",
 ]

@@ -50,6 +50,18 @@ class mesh_budget(_Opaque):
     pass
 
 
+class mesh_balance(_Opaque):
+    pass
+
+
+class mesh_balance_opts(_Opaque):
+    pass
+
+
+class mesh_endpoint(_Opaque):
+    pass
+
+
 class mesh_identity(_Opaque):
     pass
 
@@ -70,6 +82,18 @@ class mesh_ca(_Opaque):
     pass
 
 
+class mesh_metrics(_Opaque):
+    pass
+
+
+class mesh_metric_family(_Opaque):
+    pass
+
+
+class mesh_metric_series(_Opaque):
+    pass
+
+
 ctx_p = POINTER(mesh_ctx)
 diags_p = POINTER(mesh_diags)
 manifest_p = POINTER(mesh_manifest)
@@ -77,11 +101,17 @@ profile_p = POINTER(mesh_profile)
 route_p = POINTER(mesh_route)
 split_p = POINTER(mesh_split)
 budget_p = POINTER(mesh_budget)
+balance_p = POINTER(mesh_balance)
+balance_opts_p = POINTER(mesh_balance_opts)
+endpoint_p = POINTER(mesh_endpoint)
 identity_p = POINTER(mesh_identity)
 key_p = POINTER(mesh_key)
 csr_p = POINTER(mesh_csr)
 certs_p = POINTER(mesh_certs)
 ca_p = POINTER(mesh_ca)
+metrics_p = POINTER(mesh_metrics)
+family_p = POINTER(mesh_metric_family)
+series_p = POINTER(mesh_metric_series)
 # The static reason strings of identity.h's `const char **why`.
 why_p = POINTER(c_char_p)
 
@@ -185,6 +215,35 @@ _PROTOTYPES = {
     "mesh_budget_withdraw": (c_int, [budget_p, c_uint64]),
     "mesh_budget_balance": (c_int64, [budget_p, c_uint64]),
     "mesh_backoff_ms": (c_uint64, [c_uint64, c_uint64, c_uint32, c_uint32]),
+    # balance.h
+    "mesh_balance_opts_new": (c_int, [ctx_p, POINTER(balance_opts_p)]),
+    "mesh_balance_opts_free": (None, [balance_opts_p]),
+    "mesh_balance_opts_set_decay": (c_int, [balance_opts_p, c_uint64]),
+    "mesh_balance_opts_set_default_rtt": (c_int, [balance_opts_p, c_uint64]),
+    "mesh_balance_opts_set_failure_threshold": (c_int, [balance_opts_p, c_uint32]),
+    "mesh_balance_opts_set_penalty": (c_int, [balance_opts_p, c_uint64, c_uint64]),
+    "mesh_balance_opts_set_jitter": (c_int, [balance_opts_p, c_double]),
+    "mesh_balance_new": (c_int, [ctx_p, balance_opts_p, POINTER(balance_p)]),
+    "mesh_balance_free": (None, [balance_p]),
+    "mesh_balance_add": (c_int, [balance_p, c_char_p, c_uint32, c_void_p, POINTER(endpoint_p)]),
+    "mesh_balance_remove": (c_int, [balance_p, endpoint_p]),
+    "mesh_balance_count": (c_size_t, [balance_p]),
+    "mesh_balance_ready_count": (c_size_t, [balance_p]),
+    "mesh_balance_endpoint": (endpoint_p, [balance_p, c_size_t]),
+    "mesh_balance_pick": (c_int, [balance_p, c_uint64, c_uint32, c_uint32, POINTER(endpoint_p)]),
+    "mesh_balance_done": (None, [endpoint_p, c_uint64, c_uint64, c_int, c_uint32]),
+    "mesh_endpoint_ref": (endpoint_p, [endpoint_p]),
+    "mesh_endpoint_unref": (None, [endpoint_p]),
+    "mesh_endpoint_addr": (c_char_p, [endpoint_p]),
+    "mesh_endpoint_userdata": (c_void_p, [endpoint_p]),
+    "mesh_endpoint_weight": (c_uint32, [endpoint_p]),
+    "mesh_endpoint_active": (c_int, [endpoint_p]),
+    "mesh_endpoint_state": (c_int, [endpoint_p]),
+    "mesh_endpoint_pending": (c_uint32, [endpoint_p]),
+    "mesh_endpoint_failures": (c_uint32, [endpoint_p]),
+    "mesh_endpoint_rtt": (c_double, [endpoint_p, c_uint64]),
+    "mesh_endpoint_cost": (c_double, [endpoint_p, c_uint64]),
+    "mesh_endpoint_retry_at": (c_uint64, [endpoint_p]),
     # identity.h: names
     "mesh_identity_new": (c_int, [ctx_p, c_char_p, c_char_p, c_char_p, c_char_p, why_p,
                                   POINTER(identity_p)]),
@@ -255,6 +314,42 @@ _PROTOTYPES = {
                                 c_char_p, c_size_t, POINTER(c_size_t)]),
     "mesh_token_verify": (c_int, [key_p, c_char_p, c_size_t, c_char_p, c_uint64, identity_p,
                                   why_p]),
+    # certify.h (the char ** answers are c_void_p so that Python can hand them to
+    # mesh_free_string after copying them)
+    "mesh_certify_handle": (c_int, [ca_p, key_p, c_char_p, c_char_p, c_char_p, c_char_p, c_size_t,
+                                    c_uint64, POINTER(c_void_p), why_p, why_p]),
+    "mesh_certify_request": (c_int, [key_p, identity_p, c_char_p, POINTER(c_void_p)]),
+    "mesh_certify_response_parse": (c_int, [ctx_p, c_char_p, c_size_t, POINTER(certs_p),
+                                            POINTER(c_uint64), why_p]),
+    # metrics.h (render's char ** is c_void_p: Python copies it, then frees it)
+    "mesh_metrics_new": (c_int, [ctx_p, POINTER(metrics_p)]),
+    "mesh_metrics_free": (None, [metrics_p]),
+    "mesh_metrics_counter": (c_int, [metrics_p, c_char_p, c_char_p, POINTER(c_char_p), c_size_t,
+                                     POINTER(family_p)]),
+    "mesh_metrics_gauge": (c_int, [metrics_p, c_char_p, c_char_p, POINTER(c_char_p), c_size_t,
+                                   POINTER(family_p)]),
+    "mesh_metrics_histogram": (c_int, [metrics_p, c_char_p, c_char_p, POINTER(c_char_p), c_size_t,
+                                       POINTER(c_uint64), c_size_t, POINTER(family_p)]),
+    "mesh_metrics_latency_bounds": (POINTER(c_uint64), [POINTER(c_size_t)]),
+    "mesh_metrics_family_set_max_series": (c_int, [family_p, c_size_t]),
+    "mesh_metrics_family_series_count": (c_size_t, [family_p]),
+    "mesh_metrics_family_type": (c_int, [family_p]),
+    "mesh_metrics_family_name": (c_char_p, [family_p]),
+    "mesh_metrics_series": (c_int, [family_p, POINTER(c_char_p), c_size_t, POINTER(series_p)]),
+    "mesh_metrics_series_ref": (series_p, [series_p]),
+    "mesh_metrics_series_unref": (None, [series_p]),
+    "mesh_metrics_series_remove": (c_int, [series_p]),
+    "mesh_metrics_inc": (c_int, [series_p, c_uint64]),
+    "mesh_metrics_dec": (c_int, [series_p, c_uint64]),
+    "mesh_metrics_set": (c_int, [series_p, c_int64]),
+    "mesh_metrics_set_double": (c_int, [series_p, c_double]),
+    "mesh_metrics_observe": (c_int, [series_p, c_uint64]),
+    "mesh_metrics_count": (c_uint64, [series_p]),
+    "mesh_metrics_value": (c_double, [series_p]),
+    "mesh_metrics_sum": (c_uint64, [series_p]),
+    "mesh_metrics_bucket": (c_uint64, [series_p, c_size_t]),
+    "mesh_metrics_render": (c_int, [metrics_p, POINTER(c_void_p), POINTER(c_size_t)]),
+    "mesh_metrics_process": (c_int, [metrics_p]),
 }
 
 

@@ -155,6 +155,12 @@ class TestLibrary(unittest.TestCase):
             # The TLS layer is still being written (its API is not settled);
             # bind it, and drop it from this list, once it is.
             "tls.h",
+            # rpc is an I/O API over the caller's libevent loop (callbacks,
+            # struct event_base): not bound to Python.
+            "rpc.h",
+            # The proxy engine (meshd's data plane) is an I/O API run on a
+            # libevent loop: not bound to Python yet.
+            "proxy.h",
         }
         bound_headers = sorted(h for h in os.listdir(inc)
                                if h.endswith(".h") and h not in unbound_headers)

@@ -1,0 +1,290 @@
+/* meshd: the mesh's proxy; parses flags and MESH_PROXY_* environment, runs libmesh's proxy on one event loop. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include <mesh/mesh.h>
+
+enum {
+  OPT_OUTBOUND = 256, OPT_INBOUND, OPT_ADMIN, OPT_PORT_MAP, OPT_ENDPOINTS, OPT_IDENTITY_DIR,
+  OPT_CERT, OPT_KEY, OPT_ANCHORS, OPT_ALLOW_UNAUTH, OPT_INBOUND_PORTS, OPT_CONNECT_TIMEOUT,
+  OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL
+};
+
+static const struct option LONG[] = {
+    {"outbound-listen-addr", required_argument, NULL, OPT_OUTBOUND},
+    {"inbound-listen-addr", required_argument, NULL, OPT_INBOUND},
+    {"admin-listen-addr", required_argument, NULL, OPT_ADMIN},
+    {"outbound-port-map", required_argument, NULL, OPT_PORT_MAP},
+    {"endpoints", required_argument, NULL, OPT_ENDPOINTS},
+    {"identity-dir", required_argument, NULL, OPT_IDENTITY_DIR},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"anchors", required_argument, NULL, OPT_ANCHORS},
+    {"inbound-allow-unauthenticated", no_argument, NULL, OPT_ALLOW_UNAUTH},
+    {"inbound-ports", required_argument, NULL, OPT_INBOUND_PORTS},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+    {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"shutdown-grace", required_argument, NULL, OPT_GRACE},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+    {"buffer-bytes", required_argument, NULL, OPT_BUFFER},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Every flag has an environment variable; the flag wins. */
+static const struct {
+  int opt;
+  const char *env;
+} ENV[] = {
+    {OPT_OUTBOUND, "MESH_PROXY_OUTBOUND_LISTEN_ADDR"},
+    {OPT_INBOUND, "MESH_PROXY_INBOUND_LISTEN_ADDR"},
+    {OPT_ADMIN, "MESH_PROXY_ADMIN_LISTEN_ADDR"},
+    {OPT_PORT_MAP, "MESH_PROXY_OUTBOUND_PORT_MAP"}, /* comma-separated */
+    {OPT_ENDPOINTS, "MESH_PROXY_ENDPOINTS"},
+    {OPT_IDENTITY_DIR, "MESH_PROXY_IDENTITY_DIR"},
+    {OPT_CERT, "MESH_PROXY_CERT"},
+    {OPT_KEY, "MESH_PROXY_KEY"},
+    {OPT_ANCHORS, "MESH_PROXY_ANCHORS"},
+    {OPT_ALLOW_UNAUTH, "MESH_PROXY_INBOUND_ALLOW_UNAUTHENTICATED"},
+    {OPT_INBOUND_PORTS, "MESH_PROXY_INBOUND_PORTS"},
+    {OPT_CONNECT_TIMEOUT, "MESH_PROXY_CONNECT_TIMEOUT"},
+    {OPT_HEADER_TIMEOUT, "MESH_PROXY_HEADER_TIMEOUT"},
+    {OPT_IDLE_TIMEOUT, "MESH_PROXY_IDLE_TIMEOUT"},
+    {OPT_GRACE, "MESH_PROXY_SHUTDOWN_GRACE"},
+    {OPT_MAX_CONNS, "MESH_PROXY_MAX_CONNECTIONS"},
+    {OPT_BUFFER, "MESH_PROXY_BUFFER_BYTES"},
+    {OPT_LOG_LEVEL, "MESH_PROXY_LOG_LEVEL"},
+};
+#define NENV (sizeof ENV / sizeof ENV[0])
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "Usage: meshd [flags]\n\n"
+          "The libmesh proxy: opaque TCP over mTLS between proxies (doc/meshd.md).\n\n"
+          "Listeners (\"\" turns one off):\n"
+          "  --outbound-listen-addr ADDR   transparent outbound (iptables REDIRECT) [127.0.0.1:4140]\n"
+          "  --inbound-listen-addr ADDR    mTLS from other proxies [0.0.0.0:4143]\n"
+          "  --admin-listen-addr ADDR      /live /ready /metrics /env.json /shutdown [127.0.0.1:4191]\n"
+          "  --outbound-port-map L=AUTH    listen on L, send to AUTH's endpoints (repeatable)\n"
+          "Destinations and identity:\n"
+          "  --endpoints FILE              the static endpoints file (JSON; re-read on SIGHUP and change)\n"
+          "  --identity-dir DIR            DIR/leaf.crt, DIR/key.pem, DIR/ca.crt\n"
+          "  --cert FILE --key FILE --anchors FILE   the same, as three files\n"
+          "  --inbound-allow-unauthenticated         accept inbound clients without a certificate\n"
+          "  --inbound-ports LIST          ports inbound may connect to, e.g. 8080,9090 [all]\n"
+          "Limits (durations: 500ms, 5s, 1m, 1h; plain numbers are milliseconds):\n"
+          "  --connect-timeout D [1s]  --header-timeout D [10s]  --idle-timeout D [1h, 0: none]\n"
+          "  --shutdown-grace D [5s]   --max-connections N [10000]  --buffer-bytes N [65536]\n"
+          "  --log-level error|warn|info|debug [info]\n"
+          "Every flag has an environment variable: MESH_PROXY_<FLAG> (e.g.\n"
+          "MESH_PROXY_OUTBOUND_LISTEN_ADDR, MESH_PROXY_ENDPOINTS); flags win.\n"
+          "Signals: SIGHUP reloads the endpoints file and credentials; SIGTERM/SIGINT drain and exit.\n");
+}
+
+static int parse_duration(const char *s, uint64_t *ms) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || v < 0) return -1;
+  double mult = 1;
+  if (!strcmp(end, "") || !strcmp(end, "ms")) mult = 1;
+  else if (!strcmp(end, "s")) mult = 1000;
+  else if (!strcmp(end, "m")) mult = 60000;
+  else if (!strcmp(end, "h")) mult = 3600000;
+  else return -1;
+  *ms = (uint64_t)(v * mult);
+  return 0;
+}
+
+static int log_level = MESH_LOG_INFO;
+
+static void log_stderr(void *ud, int level, const char *line) {
+  (void)ud;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  const char *l = level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN"
+                  : level <= MESH_LOG_INFO ? "INFO" : "DEBUG";
+  fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s meshd: %s\n", tm.tm_year + 1900,
+          tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, l,
+          line);
+}
+
+typedef struct {
+  struct event_base *base;
+  mesh_proxy *proxy;
+} daemon_state;
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  daemon_state *d = arg;
+  (void)what;
+  if (sig == SIGHUP) mesh_proxy_reload(d->proxy);
+  else mesh_proxy_shutdown(d->proxy);
+}
+
+static void on_shutdown(void *arg) {
+  daemon_state *d = arg;
+  event_base_loopexit(d->base, NULL);
+}
+
+static int bad(const char *what, const char *arg, int rc, const char *why) {
+  fprintf(stderr, "meshd: %s '%s': %s%s%s\n", what, arg, mesh_strerror(rc), why ? ": " : "",
+          why ? why : "");
+  return 2;
+}
+
+/* Apply one setting (from a flag or the environment). */
+static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert,
+                 const char **key, const char **anchors) {
+  const char *why = NULL;
+  uint64_t ms;
+  int rc = 0;
+  switch (opt) {
+  case OPT_OUTBOUND: rc = mesh_proxy_opts_set_outbound_addr(o, arg, &why); break;
+  case OPT_INBOUND: rc = mesh_proxy_opts_set_inbound_addr(o, arg, &why); break;
+  case OPT_ADMIN: rc = mesh_proxy_opts_set_admin_addr(o, arg, &why); break;
+  case OPT_PORT_MAP: {
+    char *copy = strdup(arg), *save = NULL;
+    for (char *m = strtok_r(copy, ",", &save); m && !rc; m = strtok_r(NULL, ",", &save))
+      rc = mesh_proxy_opts_add_port_map(o, m, &why);
+    free(copy);
+    break;
+  }
+  case OPT_ENDPOINTS: rc = mesh_proxy_opts_set_endpoints_file(o, *arg ? arg : NULL); break;
+  case OPT_IDENTITY_DIR: rc = mesh_proxy_opts_set_identity_dir(o, arg); break;
+  case OPT_CERT: *cert = arg; break;
+  case OPT_KEY: *key = arg; break;
+  case OPT_ANCHORS: *anchors = arg; break;
+  case OPT_ALLOW_UNAUTH:
+    rc = mesh_proxy_opts_set_inbound_allow_unauthenticated(
+        o, !arg || !strcmp(arg, "1") || !strcmp(arg, "true"));
+    break;
+  case OPT_INBOUND_PORTS: rc = mesh_proxy_opts_set_inbound_ports(o, arg, &why); break;
+  case OPT_CONNECT_TIMEOUT:
+  case OPT_HEADER_TIMEOUT:
+  case OPT_IDLE_TIMEOUT:
+  case OPT_GRACE:
+    if (parse_duration(arg, &ms) || (opt != OPT_IDLE_TIMEOUT && ms > UINT32_MAX)) {
+      rc = MESH_ERR_PARSE;
+      why = "a duration such as 500ms, 5s, 1m, 1h";
+      break;
+    }
+    rc = opt == OPT_CONNECT_TIMEOUT ? mesh_proxy_opts_set_connect_timeout(o, (uint32_t)ms)
+         : opt == OPT_HEADER_TIMEOUT ? mesh_proxy_opts_set_header_timeout(o, (uint32_t)ms)
+         : opt == OPT_IDLE_TIMEOUT   ? mesh_proxy_opts_set_idle_timeout(o, ms)
+                                     : mesh_proxy_opts_set_shutdown_grace(o, (uint32_t)ms);
+    break;
+  case OPT_MAX_CONNS:
+  case OPT_BUFFER: {
+    char *end;
+    unsigned long v = strtoul(arg, &end, 10);
+    if (*end || end == arg || v > UINT32_MAX) {
+      rc = MESH_ERR_PARSE;
+      why = "a number";
+      break;
+    }
+    rc = opt == OPT_MAX_CONNS ? mesh_proxy_opts_set_max_connections(o, (uint32_t)v)
+                              : mesh_proxy_opts_set_buffer_bytes(o, (uint32_t)v);
+    break;
+  }
+  case OPT_LOG_LEVEL:
+    if (!strcmp(arg, "error")) log_level = MESH_LOG_ERROR;
+    else if (!strcmp(arg, "warn")) log_level = MESH_LOG_WARN;
+    else if (!strcmp(arg, "info")) log_level = MESH_LOG_INFO;
+    else if (!strcmp(arg, "debug")) log_level = MESH_LOG_DEBUG;
+    else {
+      rc = MESH_ERR_PARSE;
+      why = "error, warn, info or debug";
+    }
+    break;
+  }
+  if (rc) {
+    const char *name = "setting";
+    for (size_t i = 0; LONG[i].name; i++)
+      if (LONG[i].val == opt) name = LONG[i].name;
+    char flag[80];
+    snprintf(flag, sizeof flag, "--%s", name);
+    return bad(flag, arg, rc, why);
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  mesh_ctx *ctx;
+  mesh_proxy_opts *o;
+  if (mesh_ctx_new(&ctx) || mesh_proxy_opts_new(ctx, &o)) {
+    fprintf(stderr, "meshd: out of memory\n");
+    return 1;
+  }
+  const char *cert = NULL, *key = NULL, *anchors = NULL;
+  /* The environment first, so that flags override it. */
+  for (size_t i = 0; i < NENV; i++) {
+    const char *v = getenv(ENV[i].env);
+    if (v && apply(o, ENV[i].opt, v, &cert, &key, &anchors)) return 2;
+  }
+  int c;
+  while ((c = getopt_long(argc, argv, "hV", LONG, NULL)) != -1) {
+    if (c == 'h') {
+      usage(stdout);
+      return 0;
+    }
+    if (c == 'V') {
+      printf("meshd %s\n", mesh_version_string());
+      return 0;
+    }
+    if (c == '?') {
+      usage(stderr);
+      return 2;
+    }
+    if (apply(o, c, optarg, &cert, &key, &anchors)) return 2;
+  }
+  if (optind < argc) {
+    fprintf(stderr, "meshd: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  if (cert || key || anchors) {
+    if (!cert || !key || !anchors) {
+      fprintf(stderr, "meshd: --cert, --key and --anchors go together\n");
+      return 2;
+    }
+    mesh_proxy_opts_set_credential_files(o, cert, key, anchors);
+  }
+  mesh_ctx_set_log(ctx, log_level, log_stderr, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  daemon_state d = {event_base_new(), NULL};
+  if (!d.base) {
+    fprintf(stderr, "meshd: cannot create the event loop\n");
+    return 1;
+  }
+  mesh_proxy_opts_set_on_shutdown(o, on_shutdown, &d);
+  const char *why = NULL;
+  int rc = mesh_proxy_new(ctx, d.base, o, &why, &d.proxy);
+  mesh_proxy_opts_free(o);
+  if (rc) {
+    fprintf(stderr, "meshd: %s%s%s\n", mesh_strerror(rc), why ? ": " : "", why ? why : "");
+    return 1;
+  }
+  struct event *sig[4];
+  const int sigs[4] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT};
+  for (int i = 0; i < 4; i++) {
+    sig[i] = evsignal_new(d.base, sigs[i], on_signal, &d);
+    evsignal_add(sig[i], NULL);
+  }
+  if (log_level >= MESH_LOG_INFO) log_stderr(NULL, MESH_LOG_INFO, "running (one event loop, one worker thread)");
+  event_base_dispatch(d.base);
+  for (int i = 0; i < 4; i++) event_free(sig[i]);
+  mesh_proxy_free(d.proxy);
+  event_base_free(d.base);
+  mesh_ctx_free(ctx);
+  return 0;
+}

@@ -1,0 +1,207 @@
+/* libmesh proxy: the meshd data plane (opaque TCP over mTLS between proxies), its endpoints file and admin server. */
+#ifndef MESH_PROXY_H
+#define MESH_PROXY_H
+
+#include <mesh/ctx.h>
+#include <mesh/diag.h>
+
+/* The engine runs on the application's libevent loop; only this type
+ * crosses the API, and only as a pointer. */
+struct event_base;
+
+MESH_BEGIN_DECLS
+
+/* Thread safety: a mesh_proxy_endpoints is immutable once parsed and may be
+ * read from any thread; ref/unref are not atomic (one thread owns the
+ * references). A mesh_proxy and its options belong to the thread that runs
+ * the event_base given to mesh_proxy_new: v0 runs one event loop, one
+ * worker, for every listener and connection. doc/meshd.md describes the
+ * behaviour (listeners, transport header, metrics, admin endpoints). */
+
+/* ---- The endpoints file ------------------------------------------------ */
+
+/* A static endpoints file, JSON:
+ *   {"services": {
+ *      "web.default.svc.cluster.local:80": {"endpoints": [
+ *         {"addr": "127.0.0.2:4143",
+ *          "identity": "web.default.serviceaccount.identity.linkerd.cluster.local",
+ *          "weight": 1}]},
+ *      "127.0.0.2:8080": {"endpoints": [...]}}}
+ * Keys are authorities host:port (a DNS name, an IPv4 address or an [IPv6]
+ * address; lowercase), looked up by port-map listeners, or plain addresses
+ * looked up by a connection's original destination in transparent mode.
+ * addr is a numeric IP:port ([v6]:port). identity (either form; optional)
+ * is the peer proxy's workload identity: an endpoint without one is not
+ * meshed and gets plain TCP. weight is 1..MESH_PROXY_WEIGHT_MAX (default
+ * 1). port (optional, meshed endpoints only) is the port the peer proxy
+ * connects to on its host, sent in the transport header; by default the
+ * port of the service's key. Unknown fields are errors, so that typos do
+ * not go unnoticed. */
+typedef struct mesh_proxy_endpoints mesh_proxy_endpoints;
+
+#define MESH_PROXY_ENDPOINTS_MAX_BYTES 4194304u /* 4 MiB of file */
+#define MESH_PROXY_SERVICES_MAX 10000u
+#define MESH_PROXY_SERVICE_ENDPOINTS_MAX 1000u
+#define MESH_PROXY_WEIGHT_MAX 1000u
+
+/* Parse len bytes of buf. file names the input in diagnostics (NULL:
+ * "<endpoints>"); diags (may be NULL) gets every problem found, with
+ * line:column for JSON syntax errors and the JSON path otherwise.
+ * MESH_ERR_PARSE (invalid), MESH_ERR_LIMIT (over a bound above),
+ * MESH_ERR_INVALID (NULL ctx, buf or ret), MESH_ERR_NOMEM. *ret untouched
+ * on failure. */
+MESH_API int mesh_proxy_endpoints_parse(mesh_ctx *ctx, const char *buf, size_t len,
+                                        const char *file, mesh_diags *diags,
+                                        mesh_proxy_endpoints **ret);
+/* The same, reading path. Adds MESH_ERR_IO (with a diagnostic). */
+MESH_API int mesh_proxy_endpoints_load(mesh_ctx *ctx, const char *path, mesh_diags *diags,
+                                       mesh_proxy_endpoints **ret);
+MESH_API mesh_proxy_endpoints *mesh_proxy_endpoints_ref(mesh_proxy_endpoints *e);
+MESH_API void mesh_proxy_endpoints_unref(mesh_proxy_endpoints *e); /* NULL is a no-op */
+
+/* Services in the file, sorted by key; the i-th key (NULL out of range). */
+MESH_API size_t mesh_proxy_endpoints_service_count(const mesh_proxy_endpoints *e);
+MESH_API const char *mesh_proxy_endpoints_service(const mesh_proxy_endpoints *e, size_t i);
+/* The index of the service keyed key (compared exactly, after lowercasing
+ * key), in *ret_index. MESH_ERR_NOT_FOUND, MESH_ERR_INVALID. O(log n). */
+MESH_API int mesh_proxy_endpoints_find(const mesh_proxy_endpoints *e, const char *key,
+                                       size_t *ret_index);
+/* Endpoints of service svc, and endpoint i's fields (strings live as long
+ * as e; NULL / 0 out of range). identity is the DNS form, NULL when the
+ * endpoint is not meshed. */
+MESH_API size_t mesh_proxy_endpoints_count(const mesh_proxy_endpoints *e, size_t svc);
+MESH_API const char *mesh_proxy_endpoints_addr(const mesh_proxy_endpoints *e, size_t svc,
+                                               size_t i);
+MESH_API const char *mesh_proxy_endpoints_identity(const mesh_proxy_endpoints *e, size_t svc,
+                                                   size_t i);
+MESH_API uint32_t mesh_proxy_endpoints_weight(const mesh_proxy_endpoints *e, size_t svc,
+                                              size_t i);
+/* The endpoint's transport-header port; 0 when not given (the key's port). */
+MESH_API uint16_t mesh_proxy_endpoints_port(const mesh_proxy_endpoints *e, size_t svc, size_t i);
+
+/* ---- Options ------------------------------------------------------------ */
+
+typedef struct mesh_proxy_opts mesh_proxy_opts;
+
+#define MESH_PROXY_DEFAULT_OUTBOUND_ADDR "127.0.0.1:4140"
+#define MESH_PROXY_DEFAULT_INBOUND_ADDR "0.0.0.0:4143"
+#define MESH_PROXY_DEFAULT_ADMIN_ADDR "127.0.0.1:4191"
+#define MESH_PROXY_DEFAULT_CONNECT_TIMEOUT_MS 1000u
+#define MESH_PROXY_DEFAULT_HEADER_TIMEOUT_MS 10000u  /* TLS handshake + transport header */
+#define MESH_PROXY_DEFAULT_IDLE_TIMEOUT_MS 3600000u  /* 1 h without a byte either way */
+#define MESH_PROXY_DEFAULT_SHUTDOWN_GRACE_MS 5000u
+#define MESH_PROXY_DEFAULT_MAX_CONNECTIONS 10000u    /* accepted, inbound + outbound */
+#define MESH_PROXY_DEFAULT_BUFFER_BYTES 65536u       /* buffered per direction */
+#define MESH_PROXY_HEADER_MAX 1024u                  /* transport header JSON bytes */
+#define MESH_PROXY_PORT_MAPS_MAX 64u
+#define MESH_PROXY_ALPN "transport.l5d.io/v1"
+
+/* New options with the defaults above, no credentials, no endpoints file,
+ * no port maps. MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret);
+MESH_API void mesh_proxy_opts_free(mesh_proxy_opts *o); /* NULL is a no-op */
+
+/* Listen addresses, numeric "IP:port" or "[IPv6]:port" (port 0: any free
+ * port); "" turns the listener off. MESH_ERR_PARSE (with *why),
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_outbound_addr(mesh_proxy_opts *o, const char *addr,
+                                               const char **why);
+MESH_API int mesh_proxy_opts_set_inbound_addr(mesh_proxy_opts *o, const char *addr,
+                                              const char **why);
+MESH_API int mesh_proxy_opts_set_admin_addr(mesh_proxy_opts *o, const char *addr,
+                                            const char **why);
+
+/* An explicit outbound listener: "LISTEN=AUTHORITY", e.g.
+ * "127.0.0.1:5000=web.default.svc.cluster.local:80": connections accepted
+ * on LISTEN go to AUTHORITY's endpoints (closed when the endpoints file
+ * does not know it). MESH_ERR_PARSE (with *why), MESH_ERR_LIMIT (over
+ * MESH_PROXY_PORT_MAPS_MAX), MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_add_port_map(mesh_proxy_opts *o, const char *map, const char **why);
+
+/* The endpoints file (NULL: none, every destination is unknown).
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_endpoints_file(mesh_proxy_opts *o, const char *path);
+
+/* Credentials: a directory holding leaf.crt (chain, leaf first), key.pem
+ * and ca.crt (what `meshctl identity certify --out-dir` writes), or three
+ * files. Read at start, on mesh_proxy_reload and when leaf.crt's mtime
+ * changes; until they load the proxy is not ready and refuses meshed
+ * connections. MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_identity_dir(mesh_proxy_opts *o, const char *dir);
+MESH_API int mesh_proxy_opts_set_credential_files(mesh_proxy_opts *o, const char *cert,
+                                                  const char *key, const char *anchors);
+
+/* Inbound connections without a client certificate: refused (0, the
+ * default) or accepted as tls="no_identity" (1). MESH_ERR_INVALID. */
+MESH_API int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow);
+
+/* Inbound allowlist: "8080,9090" (ports the transport header may name);
+ * "" (the default) allows every port. MESH_ERR_PARSE (with *why),
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_inbound_ports(mesh_proxy_opts *o, const char *ports,
+                                               const char **why);
+
+/* Timeouts in milliseconds (idle 0: none; the others must be > 0) and
+ * limits (> 0). MESH_ERR_INVALID, MESH_ERR_RANGE. */
+MESH_API int mesh_proxy_opts_set_connect_timeout(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_header_timeout(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_idle_timeout(mesh_proxy_opts *o, uint64_t ms);
+MESH_API int mesh_proxy_opts_set_shutdown_grace(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_max_connections(mesh_proxy_opts *o, uint32_t n);
+/* Bytes buffered per direction of a connection before reading pauses
+ * (4 KiB .. 16 MiB). */
+MESH_API int mesh_proxy_opts_set_buffer_bytes(mesh_proxy_opts *o, uint32_t bytes);
+
+/* Called once a graceful shutdown has finished (connections drained or the
+ * grace period over): the application then stops its loop and frees the
+ * proxy. fn NULL: none. MESH_ERR_INVALID. */
+typedef void (*mesh_proxy_done_fn)(void *ud);
+MESH_API int mesh_proxy_opts_set_on_shutdown(mesh_proxy_opts *o, mesh_proxy_done_fn fn, void *ud);
+
+/* ---- The proxy ---------------------------------------------------------- */
+
+typedef struct mesh_proxy mesh_proxy;
+
+/* Bind every listener on base and load the endpoints file and the
+ * credentials (missing credentials are not an error: the proxy waits for
+ * them, /ready says 503). opts may be freed afterwards. On failure *why
+ * (when not NULL) says what, in a static or thread-local buffer valid until
+ * the next call. MESH_ERR_IO (bind), MESH_ERR_PARSE (a bad endpoints file
+ * at start), MESH_ERR_INVALID, MESH_ERR_NOMEM, or a TLS error from the
+ * credentials. */
+MESH_API int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts *opts,
+                            const char **why, mesh_proxy **ret);
+
+/* Close everything at once (listeners, connections, admin); NULL is a no-op. */
+MESH_API void mesh_proxy_free(mesh_proxy *p);
+
+/* Re-read the endpoints file and the credentials now (SIGHUP). A bad
+ * endpoints file or bad credentials are logged and the previous ones kept;
+ * live connections are never dropped. Returns 0 when both loaded (or have
+ * no source), else the first error. */
+MESH_API int mesh_proxy_reload(mesh_proxy *p);
+
+/* Graceful shutdown (SIGTERM, POST /shutdown): stop accepting, let open
+ * connections finish within the grace period, then close them and call the
+ * on_shutdown function. Calling it again is harmless. */
+MESH_API void mesh_proxy_shutdown(mesh_proxy *p);
+
+enum {
+  MESH_PROXY_LISTENER_OUTBOUND = 0,
+  MESH_PROXY_LISTENER_INBOUND = 1,
+  MESH_PROXY_LISTENER_ADMIN = 2
+};
+/* The port a listener is bound to (useful with port 0), 0 when it is off. */
+MESH_API uint16_t mesh_proxy_port(const mesh_proxy *p, int listener);
+/* Open proxied connections (accepted, inbound + outbound). */
+MESH_API uint32_t mesh_proxy_connections(const mesh_proxy *p);
+/* 1 once credentials are loaded. */
+MESH_API int mesh_proxy_ready(const mesh_proxy *p);
+
+/* The /metrics text, as served (free it with mesh_free_string).
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_metrics(mesh_proxy *p, char **text, size_t *len);
+
+MESH_END_DECLS
+
+#endif

@@ -1,0 +1,875 @@
+/* libmesh proxy: meshd's engine: listeners, opaque TCP over mTLS with a transport header, limits, reloads, shutdown. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include <jansson.h>
+
+#include <mesh/balance.h>
+#include <mesh/error.h>
+#include <mesh/metrics.h>
+#include <mesh/profile.h>
+#include <mesh/proxy.h>
+#include <mesh/tls.h>
+
+#include "ctx_internal.h"
+#include "proxy_conn_internal.h"
+#include "proxy_internal.h"
+
+/* Linux's netfilter ask for the destination before REDIRECT; both
+ * constants are 80 and the kernel headers that define them do not mix
+ * with glibc's. */
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+#define POLL_MS 1000u        /* endpoints file and credentials mtime poll */
+#define RESUME_MS 250u       /* accept pause after EMFILE/ENFILE */
+#define FINISH_MS 50u        /* lets the /shutdown answer flush before on_shutdown */
+#define CRED_FILE_MAX 1048576u
+#define BACKLOG 1024
+
+/* Reasons of a failed mesh_proxy_new outlive the proxy it freed. */
+static _Thread_local char start_why[512];
+
+/* ---- Options --------------------------------------------------------------- */
+
+mesh_ctx *mesh__proxy_opts_ctx(const mesh_proxy_opts *o) { return o->ctx; }
+
+int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret) {
+  if (!ctx || !ret) return MESH_ERR_INVALID;
+  mesh_proxy_opts *o = mesh__calloc(ctx, 1, sizeof *o);
+  if (!o) return MESH_ERR_NOMEM;
+  o->ctx = ctx;
+  o->out_addr = mesh__strdup(ctx, MESH_PROXY_DEFAULT_OUTBOUND_ADDR);
+  o->in_addr = mesh__strdup(ctx, MESH_PROXY_DEFAULT_INBOUND_ADDR);
+  o->admin_addr = mesh__strdup(ctx, MESH_PROXY_DEFAULT_ADMIN_ADDR);
+  o->ports = mesh__strdup(ctx, "");
+  o->connect_ms = MESH_PROXY_DEFAULT_CONNECT_TIMEOUT_MS;
+  o->header_ms = MESH_PROXY_DEFAULT_HEADER_TIMEOUT_MS;
+  o->idle_ms = MESH_PROXY_DEFAULT_IDLE_TIMEOUT_MS;
+  o->grace_ms = MESH_PROXY_DEFAULT_SHUTDOWN_GRACE_MS;
+  o->max_conns = MESH_PROXY_DEFAULT_MAX_CONNECTIONS;
+  o->buffer = MESH_PROXY_DEFAULT_BUFFER_BYTES;
+  if (!o->out_addr || !o->in_addr || !o->admin_addr || !o->ports) {
+    mesh_proxy_opts_free(o);
+    return MESH_ERR_NOMEM;
+  }
+  *ret = o;
+  return 0;
+}
+
+void mesh_proxy_opts_free(mesh_proxy_opts *o) {
+  if (!o) return;
+  mesh_ctx *ctx = o->ctx;
+  mesh__free(ctx, o->out_addr);
+  mesh__free(ctx, o->in_addr);
+  mesh__free(ctx, o->admin_addr);
+  for (size_t i = 0; i < o->nmaps; i++) {
+    mesh__free(ctx, o->maps[i].listen);
+    mesh__free(ctx, o->maps[i].authority);
+  }
+  mesh__free(ctx, o->endpoints_file);
+  mesh__free(ctx, o->identity_dir);
+  mesh__free(ctx, o->cert);
+  mesh__free(ctx, o->key);
+  mesh__free(ctx, o->anchors);
+  mesh__free(ctx, o->ports);
+  mesh__free(ctx, o);
+}
+
+/* Replace *slot with a copy of s (NULL stays NULL). */
+static int set_str(mesh_ctx *ctx, char **slot, const char *s) {
+  char *c = NULL;
+  if (s && !(c = mesh__strdup(ctx, s))) return MESH_ERR_NOMEM;
+  mesh__free(ctx, *slot);
+  *slot = c;
+  return 0;
+}
+
+static int set_listen(mesh_proxy_opts *o, char **slot, const char *addr, const char **why) {
+  if (!o || !addr) return MESH_ERR_INVALID;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (*addr && mesh__proxy_addr_parse(addr, 1, &ss, &len, why)) return MESH_ERR_PARSE;
+  return set_str(o->ctx, slot, addr);
+}
+
+int mesh_proxy_opts_set_outbound_addr(mesh_proxy_opts *o, const char *addr, const char **why) {
+  return set_listen(o, o ? &o->out_addr : NULL, addr, why);
+}
+int mesh_proxy_opts_set_inbound_addr(mesh_proxy_opts *o, const char *addr, const char **why) {
+  return set_listen(o, o ? &o->in_addr : NULL, addr, why);
+}
+int mesh_proxy_opts_set_admin_addr(mesh_proxy_opts *o, const char *addr, const char **why) {
+  return set_listen(o, o ? &o->admin_addr : NULL, addr, why);
+}
+
+int mesh_proxy_opts_add_port_map(mesh_proxy_opts *o, const char *map, const char **why) {
+  if (!o || !map) return MESH_ERR_INVALID;
+  if (o->nmaps >= MESH_PROXY_PORT_MAPS_MAX) {
+    if (why) *why = "too many port maps";
+    return MESH_ERR_LIMIT;
+  }
+  const char *eq = strchr(map, '=');
+  if (!eq) {
+    if (why) *why = "a port map is LISTEN=AUTHORITY, e.g. 127.0.0.1:5000=web.default.svc.cluster.local:80";
+    return MESH_ERR_PARSE;
+  }
+  char *listen = mesh__strndup(o->ctx, map, (size_t)(eq - map));
+  if (!listen) return MESH_ERR_NOMEM;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (mesh__proxy_addr_parse(listen, 0, &ss, &len, why)) {
+    mesh__free(o->ctx, listen);
+    return MESH_ERR_PARSE;
+  }
+  /* The authority must be something the endpoints file could name. */
+  const char *auth = eq + 1;
+  const char *colon = strrchr(auth, ':');
+  size_t hostlen = colon ? (size_t)(colon - auth) : 0;
+  int port_ok = colon && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+                strlen(colon + 1) <= 5 && atoi(colon + 1) > 0 && atoi(colon + 1) < 65536;
+  if (!hostlen || !port_ok || hostlen > 255) {
+    mesh__free(o->ctx, listen);
+    if (why) *why = "the authority of a port map is host:port";
+    return MESH_ERR_PARSE;
+  }
+  char *a = mesh__strdup(o->ctx, auth);
+  if (!a) {
+    mesh__free(o->ctx, listen);
+    return MESH_ERR_NOMEM;
+  }
+  o->maps[o->nmaps].listen = listen;
+  o->maps[o->nmaps].authority = a;
+  o->nmaps++;
+  return 0;
+}
+
+int mesh_proxy_opts_set_endpoints_file(mesh_proxy_opts *o, const char *path) {
+  return o ? set_str(o->ctx, &o->endpoints_file, path) : MESH_ERR_INVALID;
+}
+
+int mesh_proxy_opts_set_identity_dir(mesh_proxy_opts *o, const char *dir) {
+  return o ? set_str(o->ctx, &o->identity_dir, dir) : MESH_ERR_INVALID;
+}
+
+int mesh_proxy_opts_set_credential_files(mesh_proxy_opts *o, const char *cert, const char *key,
+                                         const char *anchors) {
+  if (!o || !cert || !key || !anchors) return MESH_ERR_INVALID;
+  if (set_str(o->ctx, &o->cert, cert) || set_str(o->ctx, &o->key, key) ||
+      set_str(o->ctx, &o->anchors, anchors))
+    return MESH_ERR_NOMEM;
+  return 0;
+}
+
+int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow) {
+  if (!o) return MESH_ERR_INVALID;
+  o->allow_unauth = allow != 0;
+  return 0;
+}
+
+/* "8080,9090" into a bitmap; "" allows all. */
+static int ports_parse(const char *s, uint8_t *bits, int *all, const char **why) {
+  memset(bits, 0, 8192);
+  *all = *s == '\0';
+  while (*s) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || errno || v < 1 || v > 65535 || (*end && *end != ',')) {
+      if (why) *why = "inbound ports are a comma-separated list of ports 1-65535";
+      return MESH_ERR_PARSE;
+    }
+    bits[v >> 3] |= (uint8_t)(1u << (v & 7));
+    s = end;
+    if (*s == ',' && !*++s) { /* a trailing comma */
+      if (why) *why = "inbound ports are a comma-separated list of ports 1-65535";
+      return MESH_ERR_PARSE;
+    }
+  }
+  return 0;
+}
+
+int mesh_proxy_opts_set_inbound_ports(mesh_proxy_opts *o, const char *ports, const char **why) {
+  if (!o || !ports) return MESH_ERR_INVALID;
+  uint8_t *bits = mesh__malloc(o->ctx, 8192);
+  if (!bits) return MESH_ERR_NOMEM;
+  int all, rc = ports_parse(ports, bits, &all, why);
+  mesh__free(o->ctx, bits);
+  return rc ? rc : set_str(o->ctx, &o->ports, ports);
+}
+
+int mesh_proxy_opts_set_connect_timeout(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->connect_ms = ms;
+  return 0;
+}
+int mesh_proxy_opts_set_header_timeout(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->header_ms = ms;
+  return 0;
+}
+int mesh_proxy_opts_set_idle_timeout(mesh_proxy_opts *o, uint64_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (ms > UINT64_C(1) << 40) return MESH_ERR_RANGE;
+  o->idle_ms = ms;
+  return 0;
+}
+int mesh_proxy_opts_set_shutdown_grace(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->grace_ms = ms;
+  return 0;
+}
+int mesh_proxy_opts_set_max_connections(mesh_proxy_opts *o, uint32_t n) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!n) return MESH_ERR_RANGE;
+  o->max_conns = n;
+  return 0;
+}
+int mesh_proxy_opts_set_buffer_bytes(mesh_proxy_opts *o, uint32_t bytes) {
+  if (!o) return MESH_ERR_INVALID;
+  if (bytes < 4096u || bytes > 16777216u) return MESH_ERR_RANGE;
+  o->buffer = bytes;
+  return 0;
+}
+int mesh_proxy_opts_set_on_shutdown(mesh_proxy_opts *o, mesh_proxy_done_fn fn, void *ud) {
+  if (!o) return MESH_ERR_INVALID;
+  o->done_fn = fn;
+  o->done_ud = ud;
+  return 0;
+}
+
+static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
+  mesh_proxy_opts *o;
+  int rc = mesh_proxy_opts_new(s->ctx, &o);
+  if (rc) return rc;
+  mesh_ctx *ctx = s->ctx;
+  if (set_str(ctx, &o->out_addr, s->out_addr) || set_str(ctx, &o->in_addr, s->in_addr) ||
+      set_str(ctx, &o->admin_addr, s->admin_addr) ||
+      set_str(ctx, &o->endpoints_file, s->endpoints_file) ||
+      set_str(ctx, &o->identity_dir, s->identity_dir) || set_str(ctx, &o->cert, s->cert) ||
+      set_str(ctx, &o->key, s->key) || set_str(ctx, &o->anchors, s->anchors) ||
+      set_str(ctx, &o->ports, s->ports))
+    goto nomem;
+  for (size_t i = 0; i < s->nmaps; i++) {
+    o->maps[i].listen = mesh__strdup(ctx, s->maps[i].listen);
+    o->maps[i].authority = mesh__strdup(ctx, s->maps[i].authority);
+    o->nmaps++;
+    if (!o->maps[i].listen || !o->maps[i].authority) goto nomem;
+  }
+  o->allow_unauth = s->allow_unauth;
+  o->connect_ms = s->connect_ms;
+  o->header_ms = s->header_ms;
+  o->idle_ms = s->idle_ms;
+  o->grace_ms = s->grace_ms;
+  o->max_conns = s->max_conns;
+  o->buffer = s->buffer;
+  o->done_fn = s->done_fn;
+  o->done_ud = s->done_ud;
+  *ret = o;
+  return 0;
+nomem:
+  mesh_proxy_opts_free(o);
+  return MESH_ERR_NOMEM;
+}
+
+/* ---- Time and randomness ---------------------------------------------------- */
+
+uint64_t mesh__proxy_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64*: the balancer's coin flips need no cryptographic strength,
+ * and a syscall per pick would not be free. Seeded from the context. */
+uint32_t mesh__proxy_rand(mesh_proxy *p) {
+  uint64_t x = p->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  p->rng = x;
+  return (uint32_t)((x * UINT64_C(2685821657736338717)) >> 32);
+}
+
+void mesh__proxy_timer(struct event *ev, uint64_t ms) {
+  struct timeval tv = {(time_t)(ms / 1000u), (suseconds_t)(ms % 1000u) * 1000};
+  event_add(ev, &tv);
+}
+
+/* ---- Endpoint snapshots -------------------------------------------------------- */
+
+void mesh__proxy_snapshot_unref(proxy_snapshot *s) {
+  if (!s || --s->refs > 0) return;
+  for (size_t i = 0; i < s->n; i++) mesh_balance_free(s->bal[i]);
+  mesh__free(s->ctx, s->bal);
+  mesh_proxy_endpoints_unref(s->eps);
+  mesh__free(s->ctx, s);
+}
+
+static int snapshot_new(mesh_ctx *ctx, mesh_proxy_endpoints *eps, proxy_snapshot **ret) {
+  proxy_snapshot *s = mesh__calloc(ctx, 1, sizeof *s);
+  if (!s) return MESH_ERR_NOMEM;
+  s->ctx = ctx;
+  s->refs = 1;
+  s->eps = eps;
+  size_t n = mesh_proxy_endpoints_service_count(eps);
+  s->bal = n ? mesh__calloc(ctx, n, sizeof *s->bal) : NULL;
+  if (n && !s->bal) goto fail;
+  for (size_t i = 0; i < n; i++) {
+    int rc = mesh_balance_new(ctx, NULL, &s->bal[i]);
+    if (rc) goto fail;
+    s->n++;
+    for (size_t j = 0; j < mesh_proxy_endpoints_count(eps, i); j++) {
+      rc = mesh_balance_add(s->bal[i], mesh_proxy_endpoints_addr(eps, i, j),
+                            mesh_proxy_endpoints_weight(eps, i, j) * MESH_BALANCE_WEIGHT_DEFAULT,
+                            (void *)(uintptr_t)j, NULL);
+      if (rc) goto fail;
+    }
+  }
+  *ret = s;
+  return 0;
+fail:
+  s->eps = NULL; /* the caller keeps its reference on failure */
+  mesh__proxy_snapshot_unref(s);
+  return MESH_ERR_NOMEM;
+}
+
+/* Load the endpoints file when it changed (or when forced). */
+static int endpoints_reload(mesh_proxy *p, int force) {
+  const char *path = p->o->endpoints_file;
+  if (!path) return 0;
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    if (force || p->ep_stat_ok) {
+      mesh__log(p->ctx, MESH_LOG_WARN, "endpoints file %s: %s; keeping the previous endpoints",
+                path, strerror(errno));
+    }
+    p->ep_stat_ok = 0;
+    return MESH_ERR_IO;
+  }
+  if (!force && p->ep_stat_ok && st.st_mtim.tv_sec == p->ep_mtime.tv_sec &&
+      st.st_mtim.tv_nsec == p->ep_mtime.tv_nsec && st.st_ino == p->ep_ino &&
+      st.st_size == p->ep_size)
+    return 0;
+  p->ep_stat_ok = 1;
+  p->ep_mtime = st.st_mtim;
+  p->ep_ino = st.st_ino;
+  p->ep_size = st.st_size;
+  mesh_diags *d = NULL;
+  mesh_proxy_endpoints *eps = NULL;
+  int rc = mesh_diags_new(p->ctx, &d);
+  if (!rc) rc = mesh_proxy_endpoints_load(p->ctx, path, d, &eps);
+  if (rc) {
+    const char *first = d && mesh_diags_count(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc);
+    mesh__log(p->ctx, MESH_LOG_ERROR, "endpoints file rejected, keeping the previous endpoints: %s%s",
+              first, d && mesh_diags_count(d) > 1 ? " (and more)" : "");
+    mesh_diags_free(d);
+    return rc;
+  }
+  mesh_diags_free(d);
+  proxy_snapshot *s;
+  rc = snapshot_new(p->ctx, eps, &s);
+  if (rc) {
+    mesh_proxy_endpoints_unref(eps);
+    mesh__log(p->ctx, MESH_LOG_ERROR, "endpoints: %s; keeping the previous endpoints",
+              mesh_strerror(rc));
+    return rc;
+  }
+  /* Connections being set up hold their own reference: the swap drops nothing. */
+  mesh__proxy_snapshot_unref(p->snap);
+  p->snap = s;
+  p->reloads++;
+  mesh__log(p->ctx, MESH_LOG_INFO, "endpoints file %s loaded: %zu services", path,
+            mesh_proxy_endpoints_service_count(eps));
+  return 0;
+}
+
+/* ---- Credentials ------------------------------------------------------------------ */
+
+static void cred_paths(const mesh_proxy *p, char *cert, char *key, char *anchors, size_t cap) {
+  if (p->o->identity_dir) {
+    snprintf(cert, cap, "%s/leaf.crt", p->o->identity_dir);
+    snprintf(key, cap, "%s/key.pem", p->o->identity_dir);
+    snprintf(anchors, cap, "%s/ca.crt", p->o->identity_dir);
+  } else {
+    snprintf(cert, cap, "%s", p->o->cert ? p->o->cert : "");
+    snprintf(key, cap, "%s", p->o->key ? p->o->key : "");
+    snprintf(anchors, cap, "%s", p->o->anchors ? p->o->anchors : "");
+  }
+}
+
+static char *slurp(mesh_ctx *ctx, const char *path, size_t *len, const char **why) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    *why = "cannot open";
+    return NULL;
+  }
+  char *buf = mesh__malloc(ctx, CRED_FILE_MAX + 1);
+  size_t n = buf ? fread(buf, 1, CRED_FILE_MAX + 1, f) : 0;
+  fclose(f);
+  if (!buf || n > CRED_FILE_MAX) {
+    *why = buf ? "larger than 1 MiB" : "out of memory";
+    mesh__free(ctx, buf);
+    return NULL;
+  }
+  buf[n] = '\0';
+  *len = n;
+  return buf;
+}
+
+static void wipe_free(mesh_ctx *ctx, char *s, size_t n) {
+  if (!s) return;
+  volatile char *v = s;
+  for (size_t i = 0; i < n; i++) v[i] = 0;
+  mesh__free(ctx, s);
+}
+
+static int creds_reload(mesh_proxy *p, int force) {
+  if (!p->o->identity_dir && !p->o->cert) return 0;
+  char cert[4096], key[4096], anchors[4096];
+  cred_paths(p, cert, key, anchors, sizeof cert);
+  struct stat st;
+  int have = stat(cert, &st) == 0;
+  if (!force && have && p->cred_stat_ok && st.st_mtim.tv_sec == p->cred_mtime.tv_sec &&
+      st.st_mtim.tv_nsec == p->cred_mtime.tv_nsec && st.st_ino == p->cred_ino)
+    return 0;
+  if (!have) {
+    if (force || p->cred_stat_ok || !p->cred_warned)
+      mesh__log(p->ctx, MESH_LOG_WARN, "credentials: %s: %s; %s", cert, strerror(errno),
+                p->ready ? "keeping the current ones" : "not ready until they appear");
+    p->cred_warned = 1;
+    p->cred_stat_ok = 0;
+    return MESH_ERR_IO;
+  }
+  p->cred_stat_ok = 1;
+  p->cred_mtime = st.st_mtim;
+  p->cred_ino = st.st_ino;
+  size_t cl = 0, kl = 0, al = 0;
+  const char *why = NULL, *file = cert;
+  char *c = slurp(p->ctx, cert, &cl, &why), *k = NULL, *a = NULL;
+  if (c) {
+    file = key;
+    k = slurp(p->ctx, key, &kl, &why);
+  }
+  if (k) {
+    file = anchors;
+    a = slurp(p->ctx, anchors, &al, &why);
+  }
+  int rc = MESH_ERR_IO;
+  mesh_tls_opts *o = NULL;
+  mesh_tls_config *cfg = NULL;
+  if (!a) goto out;
+  file = cert;
+  rc = mesh_tls_opts_new(p->ctx, &o);
+  if (!rc) rc = mesh_tls_opts_set_credentials(o, c, cl, k, kl);
+  if (!rc) rc = mesh_tls_opts_set_anchors(o, a, al);
+  if (!rc) rc = mesh_tls_opts_set_alpn(o, MESH_PROXY_ALPN);
+  if (!rc) rc = mesh_tls_opts_set_handshake_timeout(o, p->o->header_ms);
+  if (!rc) rc = mesh_tls_config_new(o, &why, &cfg);
+  if (!rc) rc = mesh_tls_creds_set(p->creds, cfg);
+out:
+  if (rc) {
+    mesh__log(p->ctx, MESH_LOG_ERROR, "credentials from %s rejected (%s%s%s); %s", file,
+              mesh_strerror(rc), why ? ": " : "", why ? why : "",
+              p->ready ? "keeping the current ones" : "not ready");
+  } else {
+    const mesh_identity *id = mesh_tls_config_identity(cfg);
+    snprintf(p->identity, sizeof p->identity, "%s", mesh_identity_dns(id));
+    p->not_after = mesh_tls_config_not_after(cfg);
+    mesh_metrics_set(p->m.cert_expiry, (int64_t)p->not_after);
+    p->ready = 1;
+    mesh__log(p->ctx, MESH_LOG_INFO, "credentials loaded: identity %s, valid until %llu",
+              p->identity, (unsigned long long)p->not_after);
+  }
+  mesh_tls_config_unref(cfg);
+  mesh_tls_opts_free(o);
+  mesh__free(p->ctx, c);
+  wipe_free(p->ctx, k, kl);
+  mesh__free(p->ctx, a);
+  return rc;
+}
+
+/* ---- Listeners ------------------------------------------------------------------------ */
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg);
+
+static void listeners_set(mesh_proxy *p, int on) {
+  for (size_t i = 0; i < p->nlst; i++) {
+    if (!p->lst[i].l) continue;
+    if (on) evconnlistener_enable(p->lst[i].l);
+    else evconnlistener_disable(p->lst[i].l);
+  }
+}
+
+/* Accepting resumes when below the limit and not in an EMFILE pause. */
+void mesh__proxy_listeners_enable(mesh_proxy *p) {
+  if (p->shutting_down || p->emfile_paused || p->nconns >= p->o->max_conns) return;
+  if (p->limit_paused) {
+    p->limit_paused = 0;
+    listeners_set(p, 1);
+  }
+}
+
+void mesh__proxy_limit_check(mesh_proxy *p) {
+  if (p->nconns >= p->o->max_conns && !p->limit_paused) {
+    p->limit_paused = 1;
+    listeners_set(p, 0);
+    mesh__log(p->ctx, MESH_LOG_WARN, "%u connections: at the limit, accepting paused",
+              (unsigned)p->nconns);
+  }
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+  mesh_proxy *p = arg;
+  (void)fd;
+  (void)what;
+  p->emfile_paused = 0;
+  if (p->shutting_down) return;
+  if (p->nconns < p->o->max_conns) {
+    p->limit_paused = 0;
+    listeners_set(p, 1);
+  } else {
+    p->limit_paused = 1;
+  }
+}
+
+/* EMFILE and friends: accept would fail at once forever; pause (not spin)
+ * and retry later, when connections may have closed. */
+static void on_accept_error(struct evconnlistener *l, void *arg) {
+  proxy_listener *pl = arg;
+  mesh_proxy *p = pl->p;
+  int e = EVUTIL_SOCKET_ERROR();
+  (void)l;
+  p->accept_errors++;
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+    if (!p->emfile_paused) {
+      mesh__log(p->ctx, MESH_LOG_WARN, "accept on %s: %s; pausing for %u ms", pl->text,
+                strerror(e), RESUME_MS);
+      p->emfile_paused = 1;
+      listeners_set(p, 0);
+      mesh__proxy_timer(p->resume_timer, RESUME_MS);
+    }
+    return;
+  }
+  mesh__log(p->ctx, MESH_LOG_WARN, "accept on %s: %s", pl->text, strerror(e));
+}
+
+static int listener_open(mesh_proxy *p, int kind, const char *addr, const char *authority,
+                         const char **why) {
+  proxy_listener *pl = &p->lst[p->nlst];
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (mesh__proxy_addr_parse(addr, 1, &ss, &len, why)) return MESH_ERR_PARSE;
+  pl->p = p;
+  pl->kind = kind;
+  if (authority && !(pl->authority = mesh__strdup(p->ctx, authority))) return MESH_ERR_NOMEM;
+  pl->l = evconnlistener_new_bind(p->base, on_accept, pl,
+                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                  BACKLOG, (struct sockaddr *)&ss, (int)len);
+  if (!pl->l) {
+    snprintf(start_why, sizeof start_why, "cannot listen on %s: %s", addr, strerror(errno));
+    if (why) *why = start_why;
+    mesh__free(p->ctx, pl->authority);
+    pl->authority = NULL;
+    return MESH_ERR_IO;
+  }
+  evconnlistener_set_error_cb(pl->l, on_accept_error);
+  len = sizeof pl->bound;
+  getsockname(evconnlistener_get_fd(pl->l), (struct sockaddr *)&pl->bound, &len);
+  mesh__proxy_addr_format((struct sockaddr *)&pl->bound, pl->text, sizeof pl->text);
+  p->nlst++;
+  mesh__log(p->ctx, MESH_LOG_INFO, "%s listener on %s%s%s",
+            kind == LST_INBOUND ? "inbound" : "outbound", pl->text, authority ? " -> " : "",
+            authority ? authority : "");
+  return 0;
+}
+
+static void listeners_close(mesh_proxy *p) {
+  for (size_t i = 0; i < p->nlst; i++) {
+    if (p->lst[i].l) evconnlistener_free(p->lst[i].l);
+    p->lst[i].l = NULL;
+  }
+}
+
+static int original_dst(int fd, struct sockaddr_storage *ss, socklen_t *len) {
+  struct sockaddr_storage local;
+  socklen_t ll = sizeof local;
+  if (getsockname(fd, (struct sockaddr *)&local, &ll) != 0) return -1;
+  *len = sizeof *ss;
+  if (local.ss_family == AF_INET6)
+    return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, ss, len);
+  return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, ss, len);
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  char x[64], y[64];
+  mesh__proxy_addr_format((const struct sockaddr *)a, x, sizeof x);
+  mesh__proxy_addr_format((const struct sockaddr *)b, y, sizeof y);
+  return strcmp(x, y) == 0;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg) {
+  proxy_listener *pl = arg;
+  mesh_proxy *p = pl->p;
+  (void)l;
+  (void)sa;
+  (void)len;
+  if (p->shutting_down) {
+    close(fd);
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (pl->kind == LST_INBOUND) {
+    mesh__proxy_inbound_accept(p, pl, fd);
+    return;
+  }
+  if (pl->kind == LST_PORT_MAP) {
+    mesh__proxy_outbound_accept(p, pl, fd, pl->authority, NULL, 0);
+    return;
+  }
+  struct sockaddr_storage dst, local;
+  socklen_t dl, ll = sizeof local;
+  char key[64];
+  if (original_dst(fd, &dst, &dl) != 0) {
+    mesh__proxy_error(p, 0, "no_original_dst", pl->text);
+    mesh__log(p->ctx, MESH_LOG_DEBUG, "outbound %s: no original destination (%s): not redirected",
+              pl->text, strerror(errno));
+    close(fd);
+    return;
+  }
+  /* A connection made to the listener itself has itself as its original
+   * destination: forwarding it would loop. */
+  if (getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && same_addr(&dst, &local)) {
+    mesh__proxy_error(p, 0, "loop", pl->text);
+    close(fd);
+    return;
+  }
+  mesh__proxy_addr_format((struct sockaddr *)&dst, key, sizeof key);
+  mesh__proxy_outbound_accept(p, pl, fd, key, (struct sockaddr *)&dst, dl);
+}
+
+/* ---- Lifecycle --------------------------------------------------------------------------- */
+
+static void on_poll(evutil_socket_t fd, short what, void *arg) {
+  mesh_proxy *p = arg;
+  (void)fd;
+  (void)what;
+  endpoints_reload(p, 0);
+  creds_reload(p, 0);
+  mesh__proxy_idle_sweep(p);
+  mesh__proxy_timer(p->poll_timer, POLL_MS);
+}
+
+static void on_finish(evutil_socket_t fd, short what, void *arg) {
+  mesh_proxy *p = arg;
+  (void)fd;
+  (void)what;
+  if (p->finished) return;
+  p->finished = 1;
+  mesh__log(p->ctx, MESH_LOG_INFO, "shutdown complete");
+  if (p->o->done_fn) p->o->done_fn(p->o->done_ud);
+}
+
+void mesh__proxy_drain_check(mesh_proxy *p) {
+  if (p->shutting_down && p->nconns == 0 && !p->finish_armed) {
+    p->finish_armed = 1;
+    event_del(p->grace_timer);
+    mesh__proxy_timer(p->finish_timer, FINISH_MS);
+  }
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg) {
+  mesh_proxy *p = arg;
+  (void)fd;
+  (void)what;
+  mesh__log(p->ctx, MESH_LOG_WARN, "shutdown grace period over: closing %u connections",
+            (unsigned)p->nconns);
+  mesh__proxy_conns_close_all(p);
+  mesh__proxy_drain_check(p);
+}
+
+void mesh_proxy_shutdown(mesh_proxy *p) {
+  if (!p || p->shutting_down) return;
+  p->shutting_down = 1;
+  mesh__log(p->ctx, MESH_LOG_INFO, "shutting down: %u connections to drain within %u ms",
+            (unsigned)p->nconns, (unsigned)p->o->grace_ms);
+  listeners_close(p);
+  mesh__proxy_timer(p->grace_timer, p->o->grace_ms);
+  mesh__proxy_drain_check(p);
+}
+
+static int metrics_init(mesh_proxy *p) {
+  static const char *const tcp[] = {"direction", "peer", "tls", "client_id", "server_id",
+                                    "target_addr"};
+  static const char *const tcp_close[] = {"direction", "peer",        "tls",  "client_id",
+                                          "server_id", "target_addr", "errno"};
+  static const char *const errs[] = {"error", "target_addr"};
+  int rc;
+  if ((rc = mesh_metrics_new(p->ctx, &p->m.reg))) return rc;
+  if ((rc = mesh_metrics_counter(p->m.reg, "tcp_open_total", "Total TCP connections opened",
+                                 tcp, 6, &p->m.open_total)) ||
+      (rc = mesh_metrics_gauge(p->m.reg, "tcp_open_connections", "TCP connections now open", tcp,
+                               6, &p->m.open_conns)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "tcp_read_bytes_total",
+                                 "Bytes read from the peer of a TCP connection", tcp, 6,
+                                 &p->m.read_bytes)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "tcp_write_bytes_total",
+                                 "Bytes written to the peer of a TCP connection", tcp, 6,
+                                 &p->m.write_bytes)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "tcp_close_total",
+                                 "Total TCP connections closed (errno set on a socket error)",
+                                 tcp_close, 7, &p->m.close_total)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "inbound_tcp_errors_total",
+                                 "Inbound connections that failed before they were proxied", errs,
+                                 2, &p->m.in_errors)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "outbound_tcp_errors_total",
+                                 "Outbound connections that failed before they were proxied", errs,
+                                 2, &p->m.out_errors)))
+    return rc;
+  mesh_metric_family *f;
+  if ((rc = mesh_metrics_gauge(p->m.reg, "identity_cert_expiration_timestamp_seconds",
+                               "When the proxy's certificate expires (seconds since the epoch)",
+                               NULL, 0, &f)) ||
+      (rc = mesh_metrics_series(f, NULL, 0, &p->m.cert_expiry)))
+    return rc;
+  return mesh_metrics_process(p->m.reg);
+}
+
+int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts *opts,
+                   const char **why, mesh_proxy **ret) {
+  if (!ctx || !base || !opts || !ret) return MESH_ERR_INVALID;
+  mesh_proxy *p = mesh__calloc(ctx, 1, sizeof *p);
+  if (!p) return MESH_ERR_NOMEM;
+  p->ctx = ctx;
+  p->base = base;
+  int rc = opts_copy(opts, &p->o);
+  if (rc) goto fail;
+  if ((rc = ports_parse(p->o->ports, p->ports, &p->ports_all, why))) goto fail;
+  uint8_t seed[8];
+  if ((rc = mesh_ctx_random(ctx, seed, sizeof seed))) goto fail;
+  memcpy(&p->rng, seed, sizeof p->rng);
+  p->rng |= 1;
+  if ((rc = metrics_init(p))) goto fail;
+  if ((rc = mesh_tls_creds_new(ctx, NULL, &p->creds))) goto fail;
+  p->poll_timer = evtimer_new(base, on_poll, p);
+  p->resume_timer = evtimer_new(base, on_resume, p);
+  p->grace_timer = evtimer_new(base, on_grace, p);
+  p->finish_timer = evtimer_new(base, on_finish, p);
+  size_t nl = 2 + p->o->nmaps;
+  p->lst = mesh__calloc(ctx, nl, sizeof *p->lst);
+  rc = MESH_ERR_NOMEM;
+  if (!p->poll_timer || !p->resume_timer || !p->grace_timer || !p->finish_timer || !p->lst)
+    goto fail;
+  if (p->o->endpoints_file) {
+    mesh_diags *d = NULL;
+    mesh_proxy_endpoints *eps = NULL;
+    if ((rc = mesh_diags_new(ctx, &d))) goto fail;
+    rc = mesh_proxy_endpoints_load(ctx, p->o->endpoints_file, d, &eps);
+    if (rc) {
+      snprintf(start_why, sizeof start_why, "%s",
+               mesh_diags_count(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc));
+      if (why) *why = start_why;
+      mesh_diags_free(d);
+      goto fail;
+    }
+    mesh_diags_free(d);
+    if ((rc = snapshot_new(ctx, eps, &p->snap))) {
+      mesh_proxy_endpoints_unref(eps);
+      goto fail;
+    }
+    struct stat st;
+    if (stat(p->o->endpoints_file, &st) == 0) {
+      p->ep_stat_ok = 1;
+      p->ep_mtime = st.st_mtim;
+      p->ep_ino = st.st_ino;
+      p->ep_size = st.st_size;
+    }
+  }
+  creds_reload(p, 1); /* missing credentials: not ready yet, not an error */
+  if (*p->o->out_addr && (rc = listener_open(p, LST_TRANSPARENT, p->o->out_addr, NULL, why)))
+    goto fail;
+  if (*p->o->in_addr && (rc = listener_open(p, LST_INBOUND, p->o->in_addr, NULL, why))) goto fail;
+  for (size_t i = 0; i < p->o->nmaps; i++)
+    if ((rc = listener_open(p, LST_PORT_MAP, p->o->maps[i].listen, p->o->maps[i].authority, why)))
+      goto fail;
+  if (*p->o->admin_addr && (rc = mesh__proxy_admin_start(p, why))) goto fail;
+  mesh__proxy_timer(p->poll_timer, POLL_MS);
+  *ret = p;
+  return 0;
+fail:
+  mesh_proxy_free(p);
+  return rc;
+}
+
+void mesh_proxy_free(mesh_proxy *p) {
+  if (!p) return;
+  mesh_ctx *ctx = p->ctx;
+  mesh__proxy_conns_close_all(p);
+  mesh__proxy_admin_stop(p);
+  listeners_close(p);
+  for (size_t i = 0; p->lst && i < 2 + (p->o ? p->o->nmaps : 0); i++)
+    mesh__free(ctx, p->lst[i].authority);
+  mesh__free(ctx, p->lst);
+  if (p->poll_timer) event_free(p->poll_timer);
+  if (p->resume_timer) event_free(p->resume_timer);
+  if (p->grace_timer) event_free(p->grace_timer);
+  if (p->finish_timer) event_free(p->finish_timer);
+  mesh__proxy_snapshot_unref(p->snap);
+  mesh_tls_creds_free(p->creds);
+  mesh_metrics_series_unref(p->m.cert_expiry);
+  mesh_metrics_free(p->m.reg);
+  mesh_proxy_opts_free(p->o);
+  mesh__free(ctx, p);
+}
+
+int mesh_proxy_reload(mesh_proxy *p) {
+  if (!p) return MESH_ERR_INVALID;
+  mesh__log(p->ctx, MESH_LOG_INFO, "reloading the endpoints file and the credentials");
+  int a = endpoints_reload(p, 1), b = creds_reload(p, 1);
+  return a ? a : b;
+}
+
+uint16_t mesh_proxy_port(const mesh_proxy *p, int which) {
+  if (!p) return 0;
+  if (which == MESH_PROXY_LISTENER_ADMIN) return p->admin_port;
+  int kind = which == MESH_PROXY_LISTENER_INBOUND ? LST_INBOUND : LST_TRANSPARENT;
+  for (size_t i = 0; i < p->nlst; i++) {
+    if (p->lst[i].kind != kind) continue;
+    const struct sockaddr *sa = (const struct sockaddr *)&p->lst[i].bound;
+    return ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                           : ((const struct sockaddr_in *)sa)->sin_port);
+  }
+  return 0;
+}
+
+uint32_t mesh_proxy_connections(const mesh_proxy *p) { return p ? p->nconns : 0; }
+
+int mesh_proxy_ready(const mesh_proxy *p) { return p ? p->ready : 0; }
+
+int mesh_proxy_metrics(mesh_proxy *p, char **text, size_t *len) {
+  if (!p || !text) return MESH_ERR_INVALID;
+  return mesh_metrics_render(p->m.reg, text, len);
+}

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Integration: two meshd processes carry opaque TCP over mTLS (curl, binary echo, identities, reloads, limits, admin, shutdown).
+set -euo pipefail
+meshd=$(realpath "$1")  # meson may pass paths relative to the build dir
+pki=$(realpath "$2")
+load=$(realpath "$3")
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+cd "$tmp"
+
+fail() {
+  echo "FAIL: $*"
+  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+  exit 1
+}
+ok() { echo "ok: $*"; }
+# The Debian interpreter: a pyenv shim on PATH costs seconds a call.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+py() { timeout 60 "$PY" "$load" "$@"; }
+WEB=web.default.serviceaccount.identity.linkerd.cluster.local
+CLIENT=client.default.serviceaccount.identity.linkerd.cluster.local
+
+"$pki" "$tmp" client default client server default web spare default spare >/dev/null
+
+read -r P_H1 P_H2 P_E P_IN P_SADM P_CADM P_OUT P_WEB P_ECHO P_WRONG P_UNKNOWN P_DENY P_SPARE \
+  <<<"$(py free-ports 13)"
+
+mkdir one two
+echo backend-one >one/index.html
+echo backend-two >two/index.html
+(cd one && exec timeout 170 "$PY" -m http.server "$P_H1" --bind 127.0.0.1 >../http1.log 2>&1) &
+pids+=($!)
+(cd two && exec timeout 170 "$PY" -m http.server "$P_H2" --bind 127.0.0.1 >../http2.log 2>&1) &
+pids+=($!)
+: >echo.conns
+timeout 170 "$PY" "$load" echo-server "$P_E" echo.conns >echo.log 2>&1 &
+pids+=($!)
+
+endpoints() { # web-port: writes eps.json atomically
+  cat >eps.tmp <<EOF
+{"services": {
+  "web.default.svc.cluster.local:80": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $1}]},
+  "echo.default.svc.cluster.local:7": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "spiffe://cluster.local/ns/default/sa/web", "port": $P_E}]},
+  "wrong.default.svc.cluster.local:7": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "other.default.serviceaccount.identity.linkerd.cluster.local", "port": $P_E}]},
+  "deny.default.svc.cluster.local:7": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $P_DENY}]}
+}}
+EOF
+  mv eps.tmp eps.json
+}
+endpoints "$P_H1"
+
+timeout 170 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_IN" \
+  --outbound-listen-addr "" --admin-listen-addr "127.0.0.2:$P_SADM" \
+  --inbound-ports "$P_H1,$P_H2,$P_E" --log-level debug >server.log 2>&1 &
+SERVER=$!
+pids+=($SERVER)
+timeout 170 "$meshd" --identity-dir client --outbound-listen-addr "127.0.0.1:$P_OUT" \
+  --inbound-listen-addr "" --admin-listen-addr "127.0.0.1:$P_CADM" --endpoints eps.json \
+  --outbound-port-map "127.0.0.1:$P_WEB=web.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_ECHO=echo.default.svc.cluster.local:7" \
+  --outbound-port-map "127.0.0.1:$P_WRONG=wrong.default.svc.cluster.local:7" \
+  --outbound-port-map "127.0.0.1:$P_UNKNOWN=unknown.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_DENY=deny.default.svc.cluster.local:7" \
+  --shutdown-grace 5s --log-level debug >client.log 2>&1 &
+CLIENT_PID=$!
+pids+=($CLIENT_PID)
+
+wait_http() { # url: until it answers 200
+  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  fail "$1 does not answer"
+}
+wait_http "http://127.0.0.1:$P_CADM/ready"
+wait_http "http://127.0.0.2:$P_SADM/ready"
+wait_http "http://127.0.0.1:$P_H1/"
+wait_http "http://127.0.0.1:$P_H2/"
+for _ in $(seq 100); do py check "$P_E" 1 >/dev/null 2>&1 && break; sleep 0.05; done
+: >echo.conns
+
+# Fetched whole before grep: grep -q quitting early would fail curl under pipefail.
+cmetrics() { curl -fsS -m 5 "http://127.0.0.1:$P_CADM/metrics" >m.tmp && cat m.tmp; }
+smetrics() { curl -fsS -m 5 "http://127.0.0.2:$P_SADM/metrics" >m.tmp && cat m.tmp; }
+chas() { curl -fsS -m 5 "http://127.0.0.1:$P_CADM/metrics" >m.tmp && grep -q "$1" m.tmp; }
+shas() { curl -fsS -m 5 "http://127.0.0.2:$P_SADM/metrics" >m.tmp && grep -q "$1" m.tmp; }
+conns() { wc -l <echo.conns; }
+
+# ---- admin ------------------------------------------------------------------
+[ "$(curl -fsS -m 2 "http://127.0.0.1:$P_CADM/live")" = live ] || fail "/live"
+[ "$(curl -fsS -m 2 "http://127.0.0.1:$P_CADM/ready")" = ready ] || fail "/ready"
+curl -fsS -m 2 "http://127.0.0.1:$P_CADM/env.json" >env.json || fail "/env.json"
+"$PY" - "$P_OUT" <<'EOF' || fail "/env.json content: $(cat env.json)"
+import json, sys
+e = json.load(open("env.json"))
+assert e["MESH_PROXY_OUTBOUND_LISTEN_ADDR"] == "127.0.0.1:" + sys.argv[1], e
+assert e["identity"] == "client.default.serviceaccount.identity.linkerd.cluster.local", e
+assert e["ready"] is True and e["MESH_PROXY_ENDPOINTS"] == "eps.json", e
+assert len(e["MESH_PROXY_OUTBOUND_PORT_MAP"]) == 5, e
+assert "BEGIN" not in json.dumps(e)  # paths only, never key material
+EOF
+code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$P_CADM/shutdown")
+[ "$code" = 405 ] || fail "GET /shutdown answered $code, not 405"
+ok "admin: /live, /ready, /env.json (no secrets), GET /shutdown refused"
+
+# ---- the happy path -------------------------------------------------------------
+[ "$(curl -fsS -m 5 "http://127.0.0.1:$P_WEB/")" = backend-one ] || fail "curl through the mesh"
+ok "curl -> outbound port map -> mTLS -> inbound -> http.server"
+py check "$P_ECHO" 1048576 >/dev/null || fail "1 MiB binary echo with half-close"
+py check "$P_ECHO" 1 >/dev/null || fail "1-byte echo"
+ok "binary echo of 1 MiB and of 1 byte, half-closed, byte-exact"
+
+cmetrics >c.prom
+smetrics >s.prom
+grep -q "^tcp_open_total{direction=\"outbound\",peer=\"dst\",tls=\"true\",client_id=\"\",server_id=\"$WEB\",target_addr=\"127.0.0.2:$P_IN\"} [1-9]" c.prom ||
+  fail "client metrics lack the mTLS dst series: $(grep tcp_open_total c.prom)"
+grep -q "^tcp_open_total{direction=\"inbound\",peer=\"src\",tls=\"true\",client_id=\"$CLIENT\",server_id=\"\",target_addr=\"127.0.0.1:$P_E\"} [1-9]" s.prom ||
+  fail "server metrics lack the client identity: $(grep tcp_open_total s.prom)"
+grep -q "^tcp_read_bytes_total{direction=\"inbound\",peer=\"dst\",.*target_addr=\"127.0.0.1:$P_E\"} 104857[6-9]" s.prom ||
+  fail "server read bytes: $(grep tcp_read_bytes s.prom)"
+grep -q '^identity_cert_expiration_timestamp_seconds [1-9]' c.prom || fail "no cert expiry gauge"
+grep -q '^process_resident_memory_bytes [1-9]' c.prom || fail "no process metrics"
+ok "metrics: tls=\"true\" with client_id / server_id, byte counts, cert expiry, process"
+
+# ---- refusals --------------------------------------------------------------------
+before=$(conns)
+if py check "$P_WRONG" 10 >/dev/null 2>&1; then fail "a server with the wrong identity was accepted"; fi
+sleep 0.3
+[ "$(conns)" = "$before" ] || fail "bytes reached the backend despite the identity mismatch"
+chas '^outbound_tcp_errors_total{error="tls_identity",target_addr="wrong.default.svc.cluster.local:7"} 1' ||
+  fail "identity mismatch not counted: $(cmetrics | grep errors_total)"
+ok "wrong expected identity: connection closed, counted, nothing reached the backend"
+
+if (echo hi; sleep 1) | timeout 10 openssl s_client -connect "127.0.0.2:$P_IN" \
+  -CAfile server/ca.crt -verify_return_error >nocert.out 2>&1 && grep -q '^hi' nocert.out; then
+  fail "inbound accepted a client without a certificate"
+fi
+sleep 0.2
+[ "$(conns)" = "$before" ] || fail "an unauthenticated client reached the backend"
+shas '^inbound_tcp_errors_total{error="tls_' || fail "no-certificate client not counted: $(smetrics | grep errors_total)"
+ok "openssl s_client without a certificate refused by inbound"
+
+# A certificate from the same CA but the wrong use (the client proxy's, talking straight to
+# inbound, with a valid header) is accepted: the header is the protocol, not a secret.
+json="{\"port\":$P_E}"
+printf "\\x00\\x$(printf %02x ${#json})%s" "$json" >hdr.bin
+awk '/BEGIN/ { n++ } n == 2' client/leaf.crt >client/issuer.pem
+(cat hdr.bin; echo direct; sleep 1) | timeout 10 openssl s_client -quiet -no_ign_eof -connect "127.0.0.2:$P_IN" \
+  -cert client/leaf.crt -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt -alpn transport.l5d.io/v1 \
+  >direct.out 2>direct.err || true
+grep -q '^direct' direct.out || fail "openssl s_client with a certificate and a transport header: $(cat direct.err)"
+ok "openssl s_client with the client certificate and a transport header reaches the backend"
+
+if curl -fsS -m 5 "http://127.0.0.1:$P_UNKNOWN/" >/dev/null 2>&1; then fail "unknown authority proxied"; fi
+chas '^outbound_tcp_errors_total{error="unknown_destination",target_addr="unknown.default.svc.cluster.local:80"} 1' ||
+  fail "unknown destination not counted"
+ok "port map to an authority not in the endpoints file: closed and counted"
+
+if py check "$P_DENY" 10 >/dev/null 2>&1; then fail "a port outside --inbound-ports was reached"; fi
+shas "^inbound_tcp_errors_total{error=\"port_forbidden\",target_addr=\"127.0.0.1:$P_DENY\"} 1" ||
+  fail "forbidden port not counted: $(smetrics | grep errors_total)"
+ok "--inbound-ports: a port outside the allowlist is refused"
+
+# ---- endpoints swap with a live connection -----------------------------------------------
+timeout 60 "$PY" "$load" hold "$P_ECHO" go1 hold1.out >hold1.log 2>&1 &
+HOLD=$!
+for _ in $(seq 100); do [ -s hold1.out.1 ] && break; sleep 0.05; done
+[ "$(cat hold1.out.1 2>/dev/null)" = first ] || fail "held connection did not start"
+sleep 1.1 # a new mtime second
+endpoints "$P_H2"
+for i in $(seq 60); do
+  [ "$(curl -fsS -m 2 "http://127.0.0.1:$P_WEB/" 2>/dev/null)" = backend-two ] && break
+  [ "$i" = 60 ] && fail "the endpoints file change did not move new connections"
+  sleep 0.1
+done
+touch go1
+wait "$HOLD" || fail "held connection failed"
+[ "$(cat hold1.out)" = "first second eof" ] || fail "held connection across the swap: $(cat hold1.out)"
+ok "endpoints file change (mtime poll): new connections to backend two, the open one kept working"
+
+cp eps.json good.json
+echo '{"services": {"web.default.svc.cluster.local:80": {"endpoints": [{"addr": "nonsense"}]}}}' >eps.json
+kill -HUP "$CLIENT_PID"
+sleep 1.5
+grep -q 'endpoints file rejected' client.log || fail "a bad endpoints file was not reported"
+[ "$(curl -fsS -m 2 "http://127.0.0.1:$P_WEB/")" = backend-two ] || fail "a bad endpoints file dropped the old config"
+ok "bad endpoints file (SIGHUP and poll): logged, previous endpoints kept"
+endpoints "$P_H1"
+kill -HUP "$CLIENT_PID"
+for i in $(seq 30); do
+  [ "$(curl -fsS -m 2 "http://127.0.0.1:$P_WEB/" 2>/dev/null)" = backend-one ] && break
+  [ "$i" = 30 ] && fail "SIGHUP did not reload"
+  sleep 0.1
+done
+ok "SIGHUP reloads the endpoints file"
+
+# ---- concurrency and fd hygiene ------------------------------------------------------------
+fds_before=$(ls /proc/$CLIENT_PID/fd | wc -l)
+sfds_before=$(ls /proc/$SERVER/fd | wc -l)
+py concurrent "$P_ECHO" 200 16384 >/dev/null || fail "200 concurrent connections"
+ok "200 concurrent connections, 16 KiB each, all byte-exact"
+for i in $(seq 50); do
+  open=$(cmetrics | awk '/^tcp_open_connections/ { s += $2 } END { print s + 0 }')
+  [ "$open" = 0 ] && break
+  [ "$i" = 50 ] && fail "$open connections still open on the client after the load"
+  sleep 0.1
+done
+[ "$(ls /proc/$CLIENT_PID/fd | wc -l)" -le "$fds_before" ] || fail "client fds leaked: $fds_before -> $(ls /proc/$CLIENT_PID/fd | wc -l)"
+[ "$(ls /proc/$SERVER/fd | wc -l)" -le "$sfds_before" ] || fail "server fds leaked"
+ok "every connection closed afterwards, no file descriptors leaked"
+
+# ---- readiness before credentials ----------------------------------------------------------------
+mkdir late
+timeout 60 "$meshd" --identity-dir late --outbound-listen-addr "" --inbound-listen-addr "" \
+  --admin-listen-addr "127.0.0.1:$P_SPARE" >late.log 2>&1 &
+LATE=$!
+pids+=($LATE)
+wait_http "http://127.0.0.1:$P_SPARE/live"
+code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$P_SPARE/ready")
+[ "$code" = 503 ] || fail "/ready without credentials answered $code"
+cp spare/ca.crt spare/key.pem late/ && cp spare/leaf.crt late/
+wait_http "http://127.0.0.1:$P_SPARE/ready"
+kill -TERM "$LATE"
+timeout 10 tail --pid="$LATE" -f /dev/null || fail "SIGTERM did not stop meshd"
+ok "/ready 503 until the identity directory is filled, then 200; SIGTERM exits"
+
+# ---- graceful shutdown ---------------------------------------------------------------------------
+timeout 60 "$PY" "$load" hold "$P_ECHO" go2 hold2.out >hold2.log 2>&1 &
+HOLD=$!
+for _ in $(seq 100); do [ -s hold2.out.1 ] && break; sleep 0.05; done
+[ "$(cat hold2.out.1 2>/dev/null)" = first ] || fail "held connection did not start"
+[ "$(curl -fsS -m 2 -X POST "http://127.0.0.1:$P_CADM/shutdown")" = shutdown ] || fail "POST /shutdown"
+sleep 0.3
+if curl -fsS -m 2 "http://127.0.0.1:$P_WEB/" >/dev/null 2>&1; then fail "new connections accepted while draining"; fi
+kill -0 "$CLIENT_PID" 2>/dev/null || fail "meshd exited before its open connection finished"
+touch go2
+wait "$HOLD" || fail "held connection failed during the drain"
+[ "$(cat hold2.out)" = "first second eof" ] || fail "held connection during the drain: $(cat hold2.out)"
+timeout 5 tail --pid="$CLIENT_PID" -f /dev/null || fail "meshd did not exit after draining"
+ok "POST /shutdown: listeners closed, the open connection finished, then exit"
+grep -q 'shutdown complete' client.log || fail "no shutdown log line"
+echo "all meshd TCP tests passed"
