@@ -69,6 +69,10 @@ int mesh_ctx_random(mesh_ctx *ctx, uint8_t *buf, size_t len) {
   return ctx->random_fn(ctx->random_ud, buf, len);
 }
 
+void mesh_free_string(mesh_ctx *ctx, char *s) {
+  if (ctx && s) mesh__free(ctx, s);
+}
+
 void *mesh__malloc(mesh_ctx *ctx, size_t n) { return ctx->malloc_fn(ctx->alloc_ud, n ? n : 1); }
 
 void *mesh__calloc(mesh_ctx *ctx, size_t count, size_t size) {

@@ -553,6 +553,3 @@ int mesh_profile_from_openapi(mesh_ctx *ctx, const char *file, const char *buf, 
   return 0;
 }
 
-void mesh_free_string(mesh_ctx *ctx, char *s) {
-  if (ctx && s) mesh__free(ctx, s);
-}

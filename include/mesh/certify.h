@@ -20,7 +20,7 @@ MESH_BEGIN_DECLS
  * const objects from several threads at once (mesh_ca_issue is thread-safe).
  * Strings returned through char ** are allocated with the context's
  * allocator (the CA's, the key's, as said): free them with
- * mesh_free_string(ctx, s) from mesh/profile.h. */
+ * mesh_free_string(ctx, s) from mesh/ctx.h. */
 
 #define MESH_CERTIFY_PATH "/identity.Identity/Certify"
 #define MESH_CERTIFY_REQUEST_MAX 65536u   /* bytes of one request */

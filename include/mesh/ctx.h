@@ -52,6 +52,10 @@ MESH_API int mesh_ctx_set_log(mesh_ctx *ctx, int max_level, mesh_log_fn fn, void
 /* fn NULL restores getrandom(2). Returns MESH_ERR_INVALID for a NULL ctx. */
 MESH_API int mesh_ctx_set_random(mesh_ctx *ctx, mesh_random_fn fn, void *ud);
 
+/* Free a string that libmesh allocated for the caller with ctx's allocator
+ * (generated profiles, rendered metrics, RPC replies). NULL is a no-op. */
+MESH_API void mesh_free_string(mesh_ctx *ctx, char *s);
+
 /* Fill buf from the context's random source. */
 MESH_API int mesh_ctx_random(mesh_ctx *ctx, uint8_t *buf, size_t len);
 

@@ -137,7 +137,7 @@ MESH_API uint64_t mesh_metrics_bucket(const mesh_metric_series *s, size_t i);
  * updates go on (a histogram's _sum may lag its buckets by in-flight
  * observations; its _count always equals the +Inf bucket).
  * *text is NUL-terminated, allocated with the registry's context: free it
- * with mesh_free_string (mesh/profile.h). len may be NULL. Returns
+ * with mesh_free_string (mesh/ctx.h). len may be NULL. Returns
  * MESH_ERR_INVALID or MESH_ERR_NOMEM (text untouched). */
 MESH_API int mesh_metrics_render(mesh_metrics *reg, char **text, size_t *len);
 

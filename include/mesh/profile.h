@@ -87,8 +87,6 @@ MESH_API int mesh_profile_with_split(mesh_ctx *ctx, const mesh_profile *base,
 MESH_API int mesh_profile_from_openapi(mesh_ctx *ctx, const char *file, const char *buf,
                                        size_t len, const char *name, const char *ns,
                                        mesh_diags *diags, char **ret);
-/* Free a string that libmesh allocated for the caller. NULL is a no-op. */
-MESH_API void mesh_free_string(mesh_ctx *ctx, char *s);
 
 MESH_END_DECLS
 

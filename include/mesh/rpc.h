@@ -39,7 +39,9 @@ MESH_BEGIN_DECLS
  * except where said (mesh_rpc_server_free, mesh_rpc_client_free).
  *
  * Strings handed to callbacks are NUL-terminated (the length excludes the
- * NUL) and live until the callback returns unless said otherwise. */
+ * NUL; bodies and lines come from the network and may hold NUL bytes
+ * themselves, so parse len bytes) and live until the callback returns
+ * unless said otherwise. */
 
 /* ---- Error codes in error bodies -------------------------------------- */
 
@@ -347,7 +349,7 @@ MESH_API void mesh_rpc_client_free(mesh_rpc_client *cl);
  * Returns 0 when the server answered (whatever the status): *ret_status
  * gets the HTTP status and *ret_response (may be NULL) the body,
  * NUL-terminated, allocated with ctx's allocator: free it with
- * mesh_free_string(ctx, s) (mesh/profile.h). Otherwise one of the
+ * mesh_free_string(ctx, s) (mesh/ctx.h). Otherwise one of the
  * mesh_rpc_reply_fn error codes (or an argument error of
  * mesh_rpc_client_new), *why (may be NULL) gets a reason (valid until the
  * thread's next mesh_rpc_call_sync), and the ret_ pointers are left alone. */

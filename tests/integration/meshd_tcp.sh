@@ -247,4 +247,6 @@ wait "$HOLD" || fail "held connection failed during the drain"
 timeout 5 tail --pid="$CLIENT_PID" -f /dev/null || fail "meshd did not exit after draining"
 ok "POST /shutdown: listeners closed, the open connection finished, then exit"
 grep -q 'shutdown complete' client.log || fail "no shutdown log line"
+# In a sanitizer build, any report in a proxy's log is a failure.
+if grep -l -E 'AddressSanitizer|LeakSanitizer|runtime error:' ./*.log 2>/dev/null; then fail "sanitizer report"; fi
 echo "all meshd TCP tests passed"

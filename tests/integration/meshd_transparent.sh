@@ -124,4 +124,6 @@ ok "unknown original destination: plain TCP straight to it (tls=\"no_identity\")
 
 # The proxy's own connections are not captured (else they would loop back into it).
 grep -q 'loop' c.prom && fail "a connection looped"
+# In a sanitizer build, any report in a proxy's log is a failure.
+if grep -l -E 'AddressSanitizer|LeakSanitizer|runtime error:' ./*.log 2>/dev/null; then fail "sanitizer report"; fi
 echo "all meshd transparent tests passed"
