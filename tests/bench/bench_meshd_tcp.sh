@@ -42,7 +42,8 @@ pids+=($CLIENT)
 for _ in $(seq 200); do curl -fsS -m 1 "http://127.0.0.1:$P_CADM/ready" >/dev/null 2>&1 && break; sleep 0.05; done
 for _ in $(seq 200); do timeout 5 "$PY" "$load" check "$P_MECHO" 1 >/dev/null 2>&1 && break; sleep 0.1; done
 
-rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+# meshd runs under timeout(1): measure its child, meshd itself.
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$(ps -o pid= --ppid "$1" | tr -d ' ' | head -n 1)/status"; }
 echo "meshd opaque TCP, client meshd -> mTLS (TLS 1.2, ECDHE-ECDSA-AES128-GCM) -> server meshd -> backend,"
 echo "one event loop each, loopback, $(nproc) CPUs shared by everything; python3 load and backends; ${secs} s per figure"
 d=$(timeout $((secs + 60)) "$PY" "$load" throughput "$P_SINK" "$secs")

@@ -76,6 +76,8 @@ timeout 170 "$meshd" --identity-dir client --outbound-listen-addr "127.0.0.1:$P_
 CLIENT_PID=$!
 pids+=($CLIENT_PID)
 
+# meshd runs under timeout(1): its own pid is timeout's child.
+child() { ps -o pid= --ppid "$1" | tr -d ' ' | head -n 1; }
 wait_http() { # url: until it answers 200
   for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
   fail "$1 does not answer"
@@ -85,6 +87,9 @@ wait_http "http://127.0.0.2:$P_SADM/ready"
 wait_http "http://127.0.0.1:$P_H1/"
 wait_http "http://127.0.0.1:$P_H2/"
 for _ in $(seq 100); do py check "$P_E" 1 >/dev/null 2>&1 && break; sleep 0.05; done
+CLIENT_MESHD=$(child "$CLIENT_PID")
+SERVER_MESHD=$(child "$SERVER")
+[ -n "$CLIENT_MESHD" ] && [ -n "$SERVER_MESHD" ] || fail "cannot find the meshd processes"
 : >echo.conns
 
 # Fetched whole before grep: grep -q quitting early would fail curl under pipefail.
@@ -188,13 +193,13 @@ ok "endpoints file change (mtime poll): new connections to backend two, the open
 
 cp eps.json good.json
 echo '{"services": {"web.default.svc.cluster.local:80": {"endpoints": [{"addr": "nonsense"}]}}}' >eps.json
-kill -HUP "$CLIENT_PID"
+kill -HUP "$CLIENT_MESHD"
 sleep 1.5
 grep -q 'endpoints file rejected' client.log || fail "a bad endpoints file was not reported"
 [ "$(curl -fsS -m 2 "http://127.0.0.1:$P_WEB/")" = backend-two ] || fail "a bad endpoints file dropped the old config"
 ok "bad endpoints file (SIGHUP and poll): logged, previous endpoints kept"
 endpoints "$P_H1"
-kill -HUP "$CLIENT_PID"
+kill -HUP "$CLIENT_MESHD"
 for i in $(seq 30); do
   [ "$(curl -fsS -m 2 "http://127.0.0.1:$P_WEB/" 2>/dev/null)" = backend-one ] && break
   [ "$i" = 30 ] && fail "SIGHUP did not reload"
@@ -203,8 +208,8 @@ done
 ok "SIGHUP reloads the endpoints file"
 
 # ---- concurrency and fd hygiene ------------------------------------------------------------
-fds_before=$(ls /proc/$CLIENT_PID/fd | wc -l)
-sfds_before=$(ls /proc/$SERVER/fd | wc -l)
+fds_before=$(ls /proc/$CLIENT_MESHD/fd | wc -l)
+sfds_before=$(ls /proc/$SERVER_MESHD/fd | wc -l)
 py concurrent "$P_ECHO" 200 16384 >/dev/null || fail "200 concurrent connections"
 ok "200 concurrent connections, 16 KiB each, all byte-exact"
 for i in $(seq 50); do
@@ -213,8 +218,13 @@ for i in $(seq 50); do
   [ "$i" = 50 ] && fail "$open connections still open on the client after the load"
   sleep 0.1
 done
-[ "$(ls /proc/$CLIENT_PID/fd | wc -l)" -le "$fds_before" ] || fail "client fds leaked: $fds_before -> $(ls /proc/$CLIENT_PID/fd | wc -l)"
-[ "$(ls /proc/$SERVER/fd | wc -l)" -le "$sfds_before" ] || fail "server fds leaked"
+for i in $(seq 50); do
+  cf=$(ls /proc/$CLIENT_MESHD/fd | wc -l)
+  sf=$(ls /proc/$SERVER_MESHD/fd | wc -l)
+  [ "$cf" -le "$fds_before" ] && [ "$sf" -le "$sfds_before" ] && break
+  [ "$i" = 50 ] && fail "fds leaked: client $fds_before -> $cf, server $sfds_before -> $sf"
+  sleep 0.1
+done
 ok "every connection closed afterwards, no file descriptors leaked"
 
 # ---- readiness before credentials ----------------------------------------------------------------
