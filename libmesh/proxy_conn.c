@@ -12,8 +12,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include <jansson.h>
-
 #include <mesh/error.h>
 #include <mesh/identity.h>
 
@@ -307,11 +305,10 @@ static void side_setup(conn *c, side *s) {
 /* ---- Connecting upstream ------------------------------------------------------------------ */
 
 static void write_header(conn *c) {
-  char json[64];
-  int n = snprintf(json, sizeof json, "{\"port\":%u}", (unsigned)c->hdr_port);
-  uint8_t len[2] = {(uint8_t)(n >> 8), (uint8_t)n};
-  bufferevent_write(c->b.bev, len, 2);
-  bufferevent_write(c->b.bev, json, (size_t)n);
+  uint8_t hdr[32];
+  size_t n;
+  if (mesh__proxy_header_write(c->hdr_port, hdr, sizeof hdr, &n) == 0)
+    bufferevent_write(c->b.bev, hdr, n);
 }
 
 static const char *connect_error(int e) {
@@ -499,33 +496,22 @@ void mesh__proxy_inbound_accept(mesh_proxy *p, proxy_listener *pl, int fd) {
   mesh__proxy_timer(c->timer, p->o->header_ms);
 }
 
-/* The transport header: 2 bytes of length (big-endian, 1..1024), then a
- * JSON object {"port": N}. Returns 1 when more bytes are needed. */
+/* The transport header (proxy_header.c), bounded by MESH_PROXY_HEADER_MAX
+ * and by --header-timeout. Returns 1 when more bytes are needed. */
 static int read_header(conn *c) {
   mesh_proxy *p = c->p;
   struct evbuffer *in = bufferevent_get_input(c->a.bev);
-  size_t have = evbuffer_get_length(in);
-  uint8_t l2[2];
-  if (have < 2) return 1;
-  evbuffer_copyout(in, l2, 2);
-  size_t n = (size_t)l2[0] << 8 | l2[1];
-  if (n == 0 || n > MESH_PROXY_HEADER_MAX) {
-    conn_fail(c, "header_invalid", "transport header length out of range");
+  size_t have = evbuffer_get_length(in), used = 0;
+  if (have > 2 + MESH_PROXY_HEADER_MAX) have = 2 + MESH_PROXY_HEADER_MAX;
+  const uint8_t *buf = evbuffer_pullup(in, (ev_ssize_t)have);
+  uint16_t v = 0;
+  int rc = buf ? mesh__proxy_header_parse(buf, have, &used, &v) : MESH_ERR_NOMEM;
+  if (rc == 1) return 1;
+  if (rc) {
+    conn_fail(c, "header_invalid", "not a transport header (2-byte length, {\"port\": N})");
     return 0;
   }
-  if (have < 2 + n) return 1;
-  char buf[MESH_PROXY_HEADER_MAX];
-  evbuffer_drain(in, 2);
-  evbuffer_remove(in, buf, n);
-  json_error_t je;
-  json_t *j = json_loadb(buf, n, JSON_REJECT_DUPLICATES, &je);
-  json_t *port = json_is_object(j) ? json_object_get(j, "port") : NULL;
-  json_int_t v = json_is_integer(port) ? json_integer_value(port) : 0;
-  json_decref(j);
-  if (v < 1 || v > 65535) {
-    conn_fail(c, "header_invalid", "transport header without a port 1-65535");
-    return 0;
-  }
+  evbuffer_drain(in, used);
   c->hdr_port = (uint16_t)v;
   snprintf(c->target, sizeof c->target, "127.0.0.1:%u", (unsigned)v);
   if (!p->ports_all && !(p->ports[v >> 3] & (1u << (v & 7)))) {

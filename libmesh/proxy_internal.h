@@ -17,4 +17,11 @@ void mesh__proxy_addr_format(const struct sockaddr *sa, char *buf, size_t cap);
 const struct sockaddr *mesh__proxy_endpoints_sockaddr(const mesh_proxy_endpoints *e, size_t svc,
                                                       size_t i, socklen_t *len);
 
+/* The transport header: 2 bytes of length (big-endian, 1..MESH_PROXY_HEADER_MAX)
+ * then a JSON object {"port": N} (other fields ignored). write: into buf
+ * (cap >= 32), MESH_ERR_INVALID for port 0. parse: 1 when more bytes are
+ * needed, 0 with *port and *consumed, MESH_ERR_PARSE when invalid. */
+int mesh__proxy_header_write(uint16_t port, uint8_t *buf, size_t cap, size_t *len);
+int mesh__proxy_header_parse(const uint8_t *buf, size_t len, size_t *consumed, uint16_t *port);
+
 #endif

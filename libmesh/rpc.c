@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,13 @@ static int parse_addr(const char *s, int allow_zero_port, struct sockaddr_storag
     return MESH_ERR_PARSE;
   }
   return 0;
+}
+
+/* Small frames (a unary answer, one streamed line) must leave at once, not
+ * wait for Nagle's algorithm and the peer's delayed ACK. */
+static void no_delay(evutil_socket_t fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 static void format_addr(const struct sockaddr *sa, char *buf, size_t cap) {
@@ -470,7 +478,8 @@ static int call_respond(mesh_rpc_call *c, int status, const char *ctype, int wit
   char st[4], clen[24];
   nghttp2_nv nv[3];
   size_t n = 0;
-#define NV(nm, val) nv[n++] = (nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(val), strlen(nm), strlen(val), NGHTTP2_NV_FLAG_NONE}
+#define NV(nm, val) \
+  nv[n++] = (nghttp2_nv) { (uint8_t *)(nm), (uint8_t *)(val), strlen(nm), strlen(val), 0 }
   NV(":status", status_text(status, st));
   NV("content-type", ctype);
   if (c->eof) {
@@ -739,7 +748,8 @@ static void sconn_read_cb(struct bufferevent *bev, void *arg) {
   (void)bev;
   sconn *k = arg;
   if (k->draining) {
-    evbuffer_drain(bufferevent_get_input(k->bev), evbuffer_get_length(bufferevent_get_input(k->bev)));
+    struct evbuffer *in = bufferevent_get_input(k->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
     return;
   }
   if (h2_recv(k->h2, k->bev, never_stop, NULL) < 0) {
@@ -927,7 +937,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     evutil_closesocket(fd);
     return;
   }
-  evutil_make_socket_nonblocking(fd);
+  no_delay(fd);
   sconn *k = mesh__calloc(s->ctx, 1, sizeof *k);
   peer *p = mesh__calloc(s->ctx, 1, sizeof *p);
   nghttp2_session_callbacks *cb = server_callbacks();
@@ -1280,6 +1290,7 @@ static void cconn_plain_event_cb(struct bufferevent *bev, short what, void *arg)
   cl_enter(cl);
   if (k->state == C_TCP) {
     if (what & BEV_EVENT_CONNECTED) {
+      no_delay(bufferevent_getfd(k->tcp));
       if (!cl->tls) {
         k->bev = k->tcp;
         cconn_ready(k);
@@ -1580,7 +1591,7 @@ static int req_submit(cconn *k, creq *r) {
   char clen[24];
   snprintf(clen, sizeof clen, "%zu", r->body_len);
   nghttp2_nv nv[] = {
-#define NV(nm, val) {(uint8_t *)(nm), (uint8_t *)(val), strlen(nm), strlen(val), NGHTTP2_NV_FLAG_NONE}
+#define NV(nm, val) {(uint8_t *)(nm), (uint8_t *)(val), strlen(nm), strlen(val), 0}
       NV(":method", "POST"),
       NV(":scheme", cl->tls ? "https" : "http"),
       NV(":authority", cl->addr),

@@ -29,8 +29,8 @@ CLIENT=client.default.serviceaccount.identity.linkerd.cluster.local
 
 "$pki" "$tmp" client default client server default web spare default spare >/dev/null
 
-read -r P_H1 P_H2 P_E P_IN P_SADM P_CADM P_OUT P_WEB P_ECHO P_WRONG P_UNKNOWN P_DENY P_SPARE \
-  <<<"$(py free-ports 13)"
+read -r P_H1 P_H2 P_E P_IN P_SADM P_CADM P_OUT P_WEB P_ECHO P_WRONG P_UNKNOWN P_DENY P_SPARE P_LIM P_LADM P_FD P_FADM P_IN2 P_SADM2 \
+  <<<"$(py free-ports 19)"
 
 mkdir one two
 echo backend-one >one/index.html
@@ -133,6 +133,8 @@ grep -q "^tcp_read_bytes_total{direction=\"inbound\",peer=\"dst\",.*target_addr=
   fail "server read bytes: $(grep tcp_read_bytes s.prom)"
 grep -q '^identity_cert_expiration_timestamp_seconds [1-9]' c.prom || fail "no cert expiry gauge"
 grep -q '^process_resident_memory_bytes [1-9]' c.prom || fail "no process metrics"
+promtool check metrics <c.prom >promtool.log 2>&1 || fail "promtool rejects the client's metrics: $(cat promtool.log)"
+promtool check metrics <s.prom >promtool.log 2>&1 || fail "promtool rejects the server's metrics: $(cat promtool.log)"
 ok "metrics: tls=\"true\" with client_id / server_id, byte counts, cert expiry, process"
 
 # ---- refusals --------------------------------------------------------------------
@@ -241,6 +243,85 @@ wait_http "http://127.0.0.1:$P_SPARE/ready"
 kill -TERM "$LATE"
 timeout 10 tail --pid="$LATE" -f /dev/null || fail "SIGTERM did not stop meshd"
 ok "/ready 503 until the identity directory is filled, then 200; SIGTERM exits"
+
+# ---- the connection limit -------------------------------------------------------------------
+timeout 60 "$meshd" --identity-dir client --outbound-listen-addr "" --inbound-listen-addr "" \
+  --admin-listen-addr "127.0.0.1:$P_LADM" --endpoints eps.json --max-connections 2 \
+  --outbound-port-map "127.0.0.1:$P_LIM=echo.default.svc.cluster.local:7" >limited.log 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$P_LADM/ready"
+timeout 60 "$PY" "$load" hold "$P_LIM" go3 hold3.out >hold3.log 2>&1 &
+H3=$!
+timeout 60 "$PY" "$load" hold "$P_LIM" go4 hold4.out >hold4.log 2>&1 &
+H4=$!
+for _ in $(seq 100); do [ -s hold3.out.1 ] && [ -s hold4.out.1 ] && break; sleep 0.05; done
+[ -s hold3.out.1 ] && [ -s hold4.out.1 ] || fail "two connections under a limit of 2"
+timeout 60 "$PY" "$load" check "$P_LIM" 100 >third.out 2>&1 &
+THIRD=$!
+sleep 1
+kill -0 "$THIRD" 2>/dev/null || fail "a third connection was served at --max-connections 2: $(cat third.out)"
+grep -q 'at the limit, accepting paused' limited.log || fail "no log line for the paused accept"
+touch go3
+wait "$H3" || fail "held connection under the limit"
+wait "$THIRD" || fail "the third connection failed once a slot was free: $(cat third.out)"
+touch go4
+wait "$H4" || fail "second held connection"
+ok "--max-connections 2: a third connection waits in the backlog until one closes, then is served"
+
+# ---- out of file descriptors: accept pauses instead of spinning ------------------------------
+(ulimit -n 32 && exec timeout 60 "$meshd" --identity-dir client --outbound-listen-addr "" \
+  --inbound-listen-addr "" --admin-listen-addr "127.0.0.1:$P_FADM" --endpoints eps.json \
+  --outbound-port-map "127.0.0.1:$P_FD=echo.default.svc.cluster.local:7") >fdlimit.log 2>&1 &
+FDL=$!
+pids+=($FDL)
+wait_http "http://127.0.0.1:$P_FADM/ready"
+FDL_MESHD=$(child "$FDL")
+ticks() { awk '{ print $14 + $15 }' "/proc/$FDL_MESHD/stat"; }
+t0=$(ticks)
+timeout 30 "$PY" - "$P_FD" <<'EOF' || fail "could not hold 40 connections against the fd-limited meshd"
+import socket, sys, time
+socks = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5) for _ in range(40)]
+for s in socks:
+    s.sendall(b"x")
+time.sleep(2)
+for s in socks:
+    s.close()
+EOF
+t1=$(ticks)
+grep -q 'Too many open files; pausing for 250 ms' fdlimit.log || fail "no EMFILE pause: $(tail -5 fdlimit.log)"
+[ $((t1 - t0)) -lt 60 ] || fail "meshd used $((t1 - t0)) ticks of CPU in 2 s at EMFILE: spinning"
+for i in $(seq 50); do
+  py check "$P_FD" 1000 >/dev/null 2>&1 && break
+  [ "$i" = 50 ] && fail "accepting did not resume after EMFILE"
+  sleep 0.1
+done
+ok "EMFILE: accepting paused (not spun on: $((t1 - t0)) CPU ticks in 2 s) and resumed once fds were free"
+
+# ---- header and idle timeouts ------------------------------------------------------------------
+timeout 60 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_IN2" --outbound-listen-addr "" \
+  --admin-listen-addr "127.0.0.2:$P_SADM2" --header-timeout 500ms --idle-timeout 1s >short.log 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.2:$P_SADM2/ready"
+ms() { date +%s%3N; }
+t0=$(ms)
+# Input from a process substitution: the time is s_client's, not its feeder's.
+timeout 10 openssl s_client -quiet -connect "127.0.0.2:$P_IN2" -cert client/leaf.crt \
+  -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt \
+  < <(sleep 5) >/dev/null 2>&1 || true
+took=$(($(ms) - t0))
+[ "$took" -lt 3000 ] || fail "no transport header: still open after $took ms (--header-timeout 500ms)"
+curl -fsS -m 5 "http://127.0.0.2:$P_SADM2/metrics" >short.prom
+grep -q '^inbound_tcp_errors_total{error="header_timeout",' short.prom || fail "header timeout not counted"
+t0=$(ms)
+timeout 10 openssl s_client -quiet -connect "127.0.0.2:$P_IN2" -cert client/leaf.crt \
+  -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt \
+  < <(cat hdr.bin; sleep 6) >/dev/null 2>&1 || true
+took=$(($(ms) - t0))
+[ "$took" -lt 4500 ] || fail "an idle connection was still open after $took ms (--idle-timeout 1s)"
+curl -fsS -m 5 "http://127.0.0.2:$P_SADM2/metrics" >short.prom
+grep -q "^tcp_close_total{direction=\"inbound\",peer=\"src\",tls=\"true\",client_id=\"$CLIENT\",server_id=\"\",target_addr=\"127.0.0.1:$P_E\",errno=\"\"} 1" short.prom ||
+  fail "idle close not counted: $(grep tcp_close short.prom)"
+ok "--header-timeout 500ms closes a silent client; --idle-timeout 1s closes an idle proxied connection"
 
 # ---- graceful shutdown ---------------------------------------------------------------------------
 timeout 60 "$PY" "$load" hold "$P_ECHO" go2 hold2.out >hold2.log 2>&1 &

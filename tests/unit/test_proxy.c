@@ -249,6 +249,58 @@ START_TEST(addresses) {
 }
 END_TEST
 
+START_TEST(transport_header) {
+  uint8_t buf[2 + MESH_PROXY_HEADER_MAX + 8];
+  size_t len, used;
+  uint16_t port = 0;
+  ck_assert_int_eq(mesh__proxy_header_write(8080, buf, sizeof buf, &len), 0);
+  ck_assert_uint_eq(len, 2 + strlen("{\"port\":8080}"));
+  ck_assert_int_eq(buf[0], 0);
+  ck_assert_int_eq(buf[1], (int)len - 2);
+  ck_assert_int_eq(mesh__proxy_header_write(0, buf, sizeof buf, &len), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh__proxy_header_write(1, buf, 4, &len), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh__proxy_header_write(8080, buf, sizeof buf, &len), 0);
+  /* Every prefix needs more; the whole parses, trailing bytes untouched. */
+  for (size_t i = 0; i < len; i++)
+    ck_assert_int_eq(mesh__proxy_header_parse(buf, i, &used, &port), 1);
+  memcpy(buf + len, "app", 3);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, len + 3, &used, &port), 0);
+  ck_assert_uint_eq(used, len);
+  ck_assert_uint_eq(port, 8080);
+  /* Other fields are ignored (later versions may add some). */
+  const char *ext = "{\"name\":\"web.default.svc.cluster.local:80\",\"port\":9}";
+  buf[0] = 0;
+  buf[1] = (uint8_t)strlen(ext);
+  memcpy(buf + 2, ext, strlen(ext));
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + strlen(ext), &used, &port), 0);
+  ck_assert_uint_eq(port, 9);
+  /* Invalid: lengths out of range, no port, a bad port, not JSON. */
+  const char *bad[] = {"{}", "{\"port\":0}", "{\"port\":65536}", "{\"port\":\"80\"}",
+                       "[80]", "{\"port\":80", "{\"port\":80,\"port\":81}", "x"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    size_t n = strlen(bad[i]);
+    buf[0] = 0;
+    buf[1] = (uint8_t)n;
+    memcpy(buf + 2, bad[i], n);
+    ck_assert_msg(mesh__proxy_header_parse(buf, 2 + n, &used, &port) == MESH_ERR_PARSE, "%s",
+                  bad[i]);
+  }
+  buf[0] = 0;
+  buf[1] = 0;
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port), MESH_ERR_PARSE);
+  buf[0] = (uint8_t)((MESH_PROXY_HEADER_MAX + 1) >> 8);
+  buf[1] = (uint8_t)(MESH_PROXY_HEADER_MAX + 1);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port), MESH_ERR_PARSE);
+  /* The largest allowed header: a port padded with spaces to 1 KiB. */
+  memset(buf + 2, ' ', MESH_PROXY_HEADER_MAX);
+  memcpy(buf + 2, "{\"port\":7}", 10);
+  buf[0] = (uint8_t)(MESH_PROXY_HEADER_MAX >> 8);
+  buf[1] = (uint8_t)MESH_PROXY_HEADER_MAX;
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + MESH_PROXY_HEADER_MAX, &used, &port), 0);
+  ck_assert_uint_eq(port, 7);
+}
+END_TEST
+
 START_TEST(options) {
   mesh_ctx *ctx;
   mesh_proxy_opts *o;
@@ -405,6 +457,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, endpoints_alloc_failures);
   tcase_add_test(tc, endpoints_load_file);
   tcase_add_test(tc, addresses);
+  tcase_add_test(tc, transport_header);
   tcase_add_test(tc, options);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("proxy");

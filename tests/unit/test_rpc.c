@@ -1101,6 +1101,89 @@ START_TEST(slow_request_body_gets_408) {
 }
 END_TEST
 
+/* A JSON object of n bytes; the handlers below send one of st->stream_n bytes. */
+static char *huge_json(size_t n) {
+  char *b = malloc(n + 1);
+  memset(b, 'x', n);
+  memcpy(b, "{\"x\":\"", 6);
+  memcpy(b + n - 2, "\"}", 2);
+  b[n] = '\0';
+  return b;
+}
+
+static void h_huge_line(void *ud, mesh_rpc_call *call) {
+  srv_state *st = ud;
+  char *b = huge_json((size_t)st->stream_n);
+  ck_assert_int_eq(mesh_rpc_send(call, "{\"small\":1}"), 0);
+  ck_assert_int_eq(mesh_rpc_send(call, b), 0);
+  free(b);
+  mesh_rpc_end(call);
+}
+
+static void h_huge_reply(void *ud, mesh_rpc_call *call) {
+  srv_state *st = ud;
+  char *b = huge_json((size_t)st->stream_n);
+  ck_assert_int_eq(mesh_rpc_reply(call, 200, b), 0);
+  free(b);
+}
+
+typedef struct {
+  mesh_rpc_client *cl;
+  int n;
+} freeing;
+
+static void on_reply_free_client(void *ud, int status, const char *body, size_t len,
+                                 const char *err) {
+  (void)body, (void)len, (void)err;
+  freeing *f = ud;
+  f->n++;
+  ck_assert_int_eq(status, 200);
+  mesh_rpc_client_free(f->cl); /* allowed from its own callback */
+}
+
+static void on_reply_count_closed(void *ud, int status, const char *body, size_t len,
+                                  const char *err) {
+  (void)body, (void)len, (void)err;
+  freeing *f = ud;
+  ck_assert_int_eq(status, MESH_ERR_CLOSED);
+  f->n++;
+}
+
+START_TEST(client_bounds_and_free_from_a_callback) {
+  world w;
+  world_make(&w, 0);
+  srv_state st = {.stream_n = (int)MESH_RPC_CLIENT_LINE_MAX + 1000};
+  mesh_rpc_server_opts *o;
+  ck_assert_int_eq(mesh_rpc_server_opts_new(w.ctx, &o), 0);
+  ck_assert_int_eq(mesh_rpc_server_opts_set_limit(o, MESH_RPC_LIMIT_OUTBOUND, 4u << 20), 0);
+  uint16_t port;
+  mesh_rpc_server *s = server(&w, o, &port);
+  mesh_rpc_server_opts_free(o);
+  ck_assert_int_eq(mesh_rpc_server_handle(s, "/line", h_huge_line, &st), 0);
+  ck_assert_int_eq(mesh_rpc_server_handle(s, "/reply", h_huge_reply, &st), 0);
+  ck_assert_int_eq(mesh_rpc_server_handle(s, "/hold", h_hold, &st), 0);
+  ck_assert_int_eq(mesh_rpc_server_handle(s, "/echo.Echo/Say", h_echo, &st), 0);
+  mesh_rpc_client *c = client(&w, NULL, port, NULL);
+  result rl = {0}, rr = {0};
+  ck_assert_int_eq(mesh_rpc_client_stream(c, "/line", "{}", 2, on_message, on_end, &rl, NULL), 0);
+  call(c, "/reply", "{}", 5000, &rr);
+  run_until(w.base, &rl.n, 1, 10000);
+  run_until(w.base, &rr.n, 1, 10000);
+  ck_assert_int_eq(rl.status, MESH_ERR_LIMIT);
+  ck_assert_int_eq(rl.messages, 1); /* the small line came through */
+  ck_assert_int_eq(rr.status, MESH_ERR_LIMIT);
+  /* Free the client from inside a reply: the other pending call is told. */
+  freeing f = {c, 0};
+  ck_assert_int_eq(mesh_rpc_client_call(c, "/echo.Echo/Say", "1", 1, 5000, on_reply_free_client,
+                                        &f),
+                   0);
+  ck_assert_int_eq(mesh_rpc_client_call(c, "/hold", "1", 1, 0, on_reply_count_closed, &f), 0);
+  run_until(w.base, &f.n, 2, 5000);
+  mesh_rpc_server_free(s);
+  world_free(&w);
+}
+END_TEST
+
 /* ---- mesh_rpc_call_sync against a server on its own thread ---------------- */
 
 typedef struct {
@@ -1230,6 +1313,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, options_and_addresses_are_checked);
   tcase_add_test(tc, oversized_header_list_resets_only_its_stream);
   tcase_add_test(tc, slow_request_body_gets_408);
+  tcase_add_test(tc, client_bounds_and_free_from_a_callback);
   tcase_add_test(tc, call_sync_blocks_for_the_answer);
   tcase_add_test(tc, allocation_failures);
   suite_add_tcase(s, tc);
