@@ -299,8 +299,10 @@ ok "EMFILE: accepting paused (not spun on: $((t1 - t0)) CPU ticks in 2 s) and re
 
 # ---- header and idle timeouts ------------------------------------------------------------------
 timeout 60 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_IN2" --outbound-listen-addr "" \
-  --admin-listen-addr "127.0.0.2:$P_SADM2" --header-timeout 500ms --idle-timeout 1s >short.log 2>&1 &
-pids+=($!)
+  --admin-listen-addr "127.0.0.2:$P_SADM2" --header-timeout 500ms --idle-timeout 2s \
+  --shutdown-grace 500ms >short.log 2>&1 &
+SHORT=$!
+pids+=($SHORT)
 wait_http "http://127.0.0.2:$P_SADM2/ready"
 ms() { date +%s%3N; }
 t0=$(ms)
@@ -317,11 +319,26 @@ timeout 10 openssl s_client -quiet -connect "127.0.0.2:$P_IN2" -cert client/leaf
   -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt \
   < <(cat hdr.bin; sleep 6) >/dev/null 2>&1 || true
 took=$(($(ms) - t0))
-[ "$took" -lt 4500 ] || fail "an idle connection was still open after $took ms (--idle-timeout 1s)"
+[ "$took" -lt 5000 ] || fail "an idle connection was still open after $took ms (--idle-timeout 2s)"
 curl -fsS -m 5 "http://127.0.0.2:$P_SADM2/metrics" >short.prom
 grep -q "^tcp_close_total{direction=\"inbound\",peer=\"src\",tls=\"true\",client_id=\"$CLIENT\",server_id=\"\",target_addr=\"127.0.0.1:$P_E\",errno=\"\"} 1" short.prom ||
   fail "idle close not counted: $(grep tcp_close short.prom)"
-ok "--header-timeout 500ms closes a silent client; --idle-timeout 1s closes an idle proxied connection"
+ok "--header-timeout 500ms closes a silent client; --idle-timeout 2s closes an idle proxied connection"
+
+# A connection that does not finish is closed when the grace period ends.
+timeout 10 openssl s_client -quiet -connect "127.0.0.2:$P_IN2" -cert client/leaf.crt \
+  -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt \
+  < <(cat hdr.bin; sleep 8) >/dev/null 2>&1 &
+SC=$!
+sleep 0.5
+t0=$(ms)
+[ "$(curl -fsS -m 2 -X POST "http://127.0.0.2:$P_SADM2/shutdown")" = shutdown ] || fail "POST /shutdown (short)"
+wait "$SC" || true
+took=$(($(ms) - t0))
+[ "$took" -lt 1500 ] || fail "a connection outlived --shutdown-grace 500ms by $took ms"
+timeout 5 tail --pid="$SHORT" -f /dev/null || fail "meshd did not exit after the grace period"
+grep -q 'shutdown grace period over: closing 1 connections' short.log || fail "no grace log line"
+ok "--shutdown-grace 500ms: a connection still open is closed when it ends, then exit ($took ms)"
 
 # ---- graceful shutdown ---------------------------------------------------------------------------
 timeout 60 "$PY" "$load" hold "$P_ECHO" go2 hold2.out >hold2.log 2>&1 &
