@@ -46,8 +46,7 @@ static bool refuse(dialect *d, size_t at, size_t len, const char *what) {
   return false;
 }
 
-/* Refuses a pattern that is not a regex at all, or that would escape the
- * ^(?:...)$ wrapper. */
+/* Refuses a pattern that is not a regex at all. */
 static bool bad(dialect *d, size_t at, const char *what) {
   d->what = what;
   d->at = at;
@@ -167,8 +166,8 @@ static bool check_group(const char *p, size_t n, size_t i, size_t *next, dialect
 }
 
 /* Refuses what PCRE2 would accept but RE2 (and so Linkerd) would not, and
- * what would let the pattern escape the ^(?:...)$ wrapper: an unmatched ')'
- * or a trailing backslash. Escapes, \Q...\E quotes and classes are skipped
+ * an unmatched ')' or a trailing backslash, with a clearer message than
+ * PCRE2's. Escapes, \Q...\E quotes and classes are skipped
  * so that their characters are not mistaken for syntax. */
 static bool check_dialect(const char *p, size_t n, dialect *d) {
   int depth = 0;
@@ -316,21 +315,12 @@ int mesh__regex_compile(mesh_ctx *ctx, const char *pattern, size_t len, mesh__re
   if (!re) return MESH_ERR_NOMEM;
   re->ctx = ctx;
   re->pattern = mesh__strndup(ctx, pattern, len);
-  /* ^(?:RE)$ anchors every alternative; \E closes a quote left open, which
-   * would otherwise swallow the wrapper's ")$". */
-  size_t wlen = 4 + len + (d.open_quote ? 2 : 0) + 2;
-  char *wrapped = mesh__malloc(ctx, wlen);
-  if (wrapped) {
-    memcpy(wrapped, "^(?:", 4);
-    memcpy(wrapped + 4, pattern, len);
-    memcpy(wrapped + 4 + len, d.open_quote ? "\\E)$" : ")$", d.open_quote ? 4 : 2);
-  }
   pcre2_general_context *gc = pcre2_general_context_create(re_malloc, re_free, re);
   pcre2_general_context *mgc = pcre2_general_context_create(ctx_malloc, ctx_free, ctx);
   pcre2_compile_context *cc = gc ? pcre2_compile_context_create(gc) : NULL;
   re->mctx = mgc ? pcre2_match_context_create(mgc) : NULL;
   int rc = 0;
-  if (!re->pattern || !wrapped || !gc || !mgc || !cc || !re->mctx) {
+  if (!re->pattern || !gc || !mgc || !cc || !re->mctx) {
     rc = MESH_ERR_NOMEM;
     goto out;
   }
@@ -342,11 +332,15 @@ int mesh__regex_compile(mesh_ctx *ctx, const char *pattern, size_t len, mesh__re
    * newline); no \C, which can split a UTF-8 character; no numbered
    * captures, which nothing reads. Invalid UTF-8 in a path cannot match
    * but is not an error. */
+  /* The whole path must match, every alternative included: the anchoring is
+   * PCRE2's own (ANCHORED + ENDANCHORED), not text wrapped around the
+   * pattern, which a crafted pattern could close early and escape. */
   uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_DOLLAR_ENDONLY |
-                  PCRE2_NEVER_BACKSLASH_C | PCRE2_NO_AUTO_CAPTURE;
+                  PCRE2_NEVER_BACKSLASH_C | PCRE2_NO_AUTO_CAPTURE | PCRE2_ANCHORED |
+                  PCRE2_ENDANCHORED;
   int err;
   PCRE2_SIZE erroff;
-  re->code = pcre2_compile((PCRE2_SPTR)wrapped, wlen, opts, &err, &erroff, cc);
+  re->code = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &err, &erroff, cc);
   if (!re->code) {
     if (re->alloc_failed || err == PCRE2_ERROR_HEAP_FAILED) {
       rc = MESH_ERR_NOMEM;
@@ -356,10 +350,7 @@ int mesh__regex_compile(mesh_ctx *ctx, const char *pattern, size_t len, mesh__re
     if (pcre2_get_error_message(err, msg, sizeof msg) < 0)
       snprintf((char *)msg, sizeof msg, "error %d", err);
     set_why(why, why_size, "%s", (const char *)msg);
-    /* Offsets count in the wrapped text: take off the "^(?:" prefix and
-     * keep them inside the pattern as written. */
-    *offset = erroff > 4 ? erroff - 4 : 0;
-    if (*offset > len) *offset = len;
+    *offset = erroff > len ? len : erroff;
     rc = MESH_ERR_PARSE;
     goto out;
   }
@@ -374,7 +365,6 @@ out:
   pcre2_compile_context_free(cc);
   pcre2_general_context_free(gc);
   pcre2_general_context_free(mgc);
-  mesh__free(ctx, wrapped);
   if (rc < 0) {
     mesh__regex_free(re);
     return rc;

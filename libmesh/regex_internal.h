@@ -15,8 +15,8 @@ typedef struct mesh__regex mesh__regex;
 /* Longer patterns are refused: a route regex is a path, not a program. */
 #define MESH__REGEX_MAX_LEN 16384u
 
-/* Compile len bytes of pattern as ^(?:pattern)$: it must match a whole
- * subject, as Linkerd's pathRegex does. The dialect is RE2's (UTF-8; flags
+/* Compile len bytes of pattern anchored at both ends, every alternative
+ * included (as if written ^(?:pattern)$): it must match a whole subject, as Linkerd's pathRegex does. The dialect is RE2's (UTF-8; flags
  * i, m, s, U; named groups (?P<n>...) and (?<n>...)); PCRE-only constructs
  * such as backreferences, lookaround, atomic groups, possessive quantifiers,
  * recursion, conditionals, callouts, comments and verbs are refused.

@@ -841,6 +841,34 @@ END_TEST
 
 /* ---- dstOverrides, opaque ports, splits ---- */
 
+/* A pattern must never reach past its own anchoring: the POSIX-class quirk
+ * below once closed a textual ^(?:...)$ wrapper early and matched every path. */
+START_TEST(anchoring_cannot_be_escaped) {
+  static const char *const escapes[] = {"[[:x[:])|.*|(?:]", ")|.*|(", "/a)|(.*", "\\Q)|.*"};
+  for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web}\n"
+             "spec:\n  routes:\n  - name: health\n    condition: {method: GET, pathRegex: '%s'}\n",
+             escapes[i]);
+    mesh_profile *p = NULL;
+    mesh_diags_clear(diags);
+    if (mesh_profile_parse(ctx, "t.yaml", yaml, strlen(yaml), diags, &p) == 0) {
+      ASSERT_MATCH(p, "GET", "/admin/delete-everything", "[DEFAULT]");
+      mesh_profile_unref(p);
+    }
+  }
+  mesh_profile *p = parse_text("apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\n"
+                               "metadata: {name: web}\nspec:\n  routes:\n  - name: any\n"
+                               "    condition: {pathRegex: '/a|/b'}\n");
+  ASSERT_MATCH(p, "GET", "/a", "any");
+  ASSERT_MATCH(p, "GET", "/b", "any");
+  ASSERT_MATCH(p, "GET", "/a/b", "[DEFAULT]");
+  ASSERT_MATCH(p, "GET", "x/b", "[DEFAULT]");
+  mesh_profile_unref(p);
+}
+END_TEST
+
 START_TEST(dst_overrides_are_normalised) {
   mesh_profile *p = parse_text(HEAD
                                "  dstOverrides:\n"
@@ -1063,6 +1091,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, re2_incompatible_regexes_are_refused);
   tcase_add_test(tc, re2_regexes_are_accepted);
   tcase_add_test(tc, regex_errors_and_limits);
+  tcase_add_test(tc, anchoring_cannot_be_escaped);
   tcase_add_test(tc, dst_overrides_are_normalised);
   tcase_add_test(tc, opaque_ports);
   tcase_add_test(tc, with_split);
