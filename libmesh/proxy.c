@@ -852,6 +852,16 @@ int mesh_proxy_reload(mesh_proxy *p) {
   return a ? a : b;
 }
 
+int mesh__proxy_listens_on(const mesh_proxy *p, uint16_t port) {
+  for (size_t i = 0; i < p->nlst; i++) {
+    const struct sockaddr *sa = (const struct sockaddr *)&p->lst[i].bound;
+    uint16_t bound = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                                     : ((const struct sockaddr_in *)sa)->sin_port);
+    if (bound == port) return 1;
+  }
+  return 0;
+}
+
 uint16_t mesh_proxy_port(const mesh_proxy *p, int which) {
   if (!p) return 0;
   if (which == MESH_PROXY_LISTENER_ADMIN) return p->admin_port;

@@ -515,6 +515,13 @@ static int read_header(conn *c) {
   evbuffer_drain(in, used);
   c->hdr_port = (uint16_t)v;
   snprintf(c->target, sizeof c->target, "127.0.0.1:%u", (unsigned)v);
+  /* The proxy's own listeners are never a target, whatever --inbound-ports
+   * says: a peer must not reach the admin server (/shutdown trusts loopback)
+   * nor leave again through the outbound side with this proxy's identity. */
+  if (mesh_proxy_port(p, MESH_PROXY_LISTENER_ADMIN) == v || mesh__proxy_listens_on(p, v)) {
+    conn_fail(c, "port_forbidden", "the port is one of the proxy's own listeners");
+    return 0;
+  }
   if (!p->ports_all && !(p->ports[v >> 3] & (1u << (v & 7)))) {
     conn_fail(c, "port_forbidden", "the port is not in --inbound-ports");
     return 0;

@@ -22,6 +22,8 @@ const struct sockaddr *mesh__proxy_endpoints_sockaddr(const mesh_proxy_endpoints
  * (cap >= 32), MESH_ERR_INVALID for port 0. parse: 1 when more bytes are
  * needed, 0 with *port and *consumed, MESH_ERR_PARSE when invalid. */
 int mesh__proxy_header_write(uint16_t port, uint8_t *buf, size_t cap, size_t *len);
+/* 1 when port is one of p's own listening ports (inbound, outbound, port maps). */
+int mesh__proxy_listens_on(const mesh_proxy *p, uint16_t port);
 int mesh__proxy_header_parse(const uint8_t *buf, size_t len, size_t *consumed, uint16_t *port);
 
 #endif

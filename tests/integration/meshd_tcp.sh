@@ -62,7 +62,7 @@ endpoints "$P_H1"
 
 timeout 170 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_IN" \
   --outbound-listen-addr "" --admin-listen-addr "127.0.0.2:$P_SADM" \
-  --inbound-ports "$P_H1,$P_H2,$P_E" --log-level debug >server.log 2>&1 &
+  --inbound-ports "$P_H1,$P_H2,$P_E,$P_SADM" --log-level debug >server.log 2>&1 &
 SERVER=$!
 pids+=($SERVER)
 timeout 170 "$meshd" --identity-dir client --outbound-listen-addr "127.0.0.1:$P_OUT" \
@@ -175,6 +175,20 @@ if py check "$P_DENY" 10 >/dev/null 2>&1; then fail "a port outside --inbound-po
 shas "^inbound_tcp_errors_total{error=\"port_forbidden\",target_addr=\"127.0.0.1:$P_DENY\"} 1" ||
   fail "forbidden port not counted: $(smetrics | grep errors_total)"
 ok "--inbound-ports: a port outside the allowlist is refused"
+
+# A peer naming the proxy's own admin port must not reach it (POST /shutdown
+# trusts loopback), even though the server's --inbound-ports lists that port.
+json="{\"port\":$P_SADM}"
+printf "\\x00\\x$(printf %02x ${#json})%s" "$json" >hdr-admin.bin
+(cat hdr-admin.bin; printf 'POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n'; sleep 1) |
+  timeout 10 openssl s_client -quiet -no_ign_eof -connect "127.0.0.2:$P_IN" -cert client/leaf.crt \
+    -cert_chain client/issuer.pem -key client/key.pem -CAfile client/ca.crt -alpn transport.l5d.io/v1 \
+    >admin.out 2>admin.err || true
+if grep -q shutdown admin.out; then fail "a peer reached the proxy's admin port through inbound"; fi
+shas "^inbound_tcp_errors_total{error=\"port_forbidden\",target_addr=\"127.0.0.1:$P_SADM\"} 1" ||
+  fail "own-port attempt not counted: $(smetrics | grep errors_total)"
+[ "$(curl -fsS -m 2 "http://127.0.0.2:$P_SADM/live")" = live ] || fail "the server proxy is gone"
+ok "the proxy's own ports are refused as inbound targets, whatever --inbound-ports says"
 
 # ---- endpoints swap with a live connection -----------------------------------------------
 timeout 60 "$PY" "$load" hold "$P_ECHO" go1 hold1.out >hold1.log 2>&1 &
