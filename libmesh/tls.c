@@ -730,6 +730,15 @@ static int handshake_done(mesh_tls_conn *c) {
       }
     }
   }
+  /* A session resumed on a REQUIRED listener may have begun, without a
+   * certificate, on an OPTIONAL one sharing this config's session cache and
+   * ticket key: mbedTLS asks for none on resumption, so check here. */
+  if (!c->client && !c->optional && !c->peer) {
+    mbedtls_ssl_send_alert_message(&c->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
+                                   MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED);
+    conn_fail(c, MESH_ERR_IDENTITY, "client presented no certificate");
+    return -1;
+  }
   if (c->client && (!c->peer || !mesh_identity_equal(c->peer, c->expected))) {
     mbedtls_ssl_send_alert_message(&c->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
                                    MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED);

@@ -247,6 +247,20 @@ static void send_and_expect(pair *p, side *from, side *to, const char *text) {
 
 /* ---- Tests --------------------------------------------------------------- */
 
+/* A client with anchors only: it can resume sessions but has no certificate. */
+static mesh_tls_config *client_only(mesh_ctx *ctx, const char *anchors, int tickets) {
+  mesh_tls_opts *o;
+  mesh_tls_config *cfg;
+  const char *why = NULL;
+  ck_assert_int_eq(mesh_tls_opts_new(ctx, &o), 0);
+  ck_assert_int_eq(mesh_tls_opts_set_anchors(o, anchors, strlen(anchors)), 0);
+  ck_assert_int_eq(mesh_tls_opts_set_sessions(o, 64, 16, 0, tickets), 0);
+  int rc = mesh_tls_config_new(o, &why, &cfg);
+  ck_assert_msg(rc == 0, "client-only config: %s", why ? why : "");
+  mesh_tls_opts_free(o);
+  return cfg;
+}
+
 START_TEST(config_rejects_bad_input) {
   world w;
   world_make(&w);
@@ -844,6 +858,31 @@ START_TEST(config_allocation_failures) {
 }
 END_TEST
 
+/* A session begun without a certificate on an OPTIONAL listener must not be
+ * resumed on a REQUIRED one sharing the config (cache and tickets alike). */
+START_TEST(resumption_cannot_skip_required_client_auth) {
+  for (int tickets = 1; tickets >= 0; tickets--) {
+    world w;
+    world_make(&w);
+    mesh_tls_config *scfg = config(w.ctx, &w.server, w.anchors, NULL, tickets);
+    mesh_tls_config *anon = client_only(w.ctx, w.anchors, tickets);
+    pair *p = pair_start(anon, scfg, EXPECT_DNS, NULL, "web:4143", MESH_TLS_CLIENT_AUTH_OPTIONAL);
+    run_until(p->base, both_settled, p, 5000);
+    ck_assert_int_eq(p->s.connected, 1);
+    ck_assert_ptr_null(mesh_tls_conn_peer_identity(p->s.conn));
+    pair_free(p);
+    p = pair_start(anon, scfg, EXPECT_DNS, NULL, "web:4143", MESH_TLS_CLIENT_AUTH_REQUIRED);
+    run_until(p->base, both_settled, p, 5000);
+    ck_assert_msg(!p->s.connected, "tickets=%d: REQUIRED accepted a resumed session with no certificate",
+                  tickets);
+    pair_free(p);
+    mesh_tls_config_unref(anon);
+    mesh_tls_config_unref(scfg);
+    world_free(&w);
+  }
+}
+END_TEST
+
 static Suite *make_suite(void) {
   Suite *s = suite_create("tls");
   TCase *tc = tcase_create("tls");
@@ -857,6 +896,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, optional_mode_without_client_cert);
   tcase_add_test(tc, optional_mode_reports_no_identity);
   tcase_add_test(tc, sessions_are_resumed);
+  tcase_add_test(tc, resumption_cannot_skip_required_client_auth);
   tcase_add_test(tc, swap_keeps_live_connections);
   tcase_add_test(tc, buffers_are_bounded);
   tcase_add_test(tc, handshake_timeout_and_early_close);
