@@ -83,12 +83,23 @@ static void setup(void) {
   fake_fd = listen_plain(&fake_port);
 }
 
+/* Closes with a reset rather than a FIN: at thousands of runs a second,
+ * TIME_WAIT would otherwise use up the ephemeral ports within seconds. */
+static void close_now(int fd) {
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  close(fd);
+}
+
+/* -1 when the machine cannot give a connection now (the run is skipped;
+ * it says nothing about the code under test). */
 static int connect_to(uint16_t port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) abort();
-  return fd;
+  if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+  if (fd >= 0) close(fd);
+  return -1;
 }
 
 static void send_all(int fd, const uint8_t *p, size_t n) {
@@ -123,6 +134,7 @@ static void turn(void) {
  * waits for the server to finish with the connection. */
 static void as_client_of_server(const uint8_t *data, size_t size) {
   int fd = connect_to(srv_port);
+  if (fd < 0) return;
   send_all(fd, data, size);
   shutdown(fd, SHUT_WR);
   evutil_make_socket_nonblocking(fd);
@@ -135,7 +147,7 @@ static void as_client_of_server(const uint8_t *data, size_t size) {
     }
     if (n == 0 || now_ms() > end) break;
   }
-  close(fd);
+  close_now(fd);
   while (mesh_rpc_server_connections(srv) > 0 && now_ms() < end + 1000) turn();
   if (mesh_rpc_server_connections(srv) > 0) abort(); /* a connection that never ends */
 }
@@ -185,7 +197,7 @@ static void as_server_of_client(const uint8_t *data, size_t size) {
     while (read(fd, buf, sizeof buf) > 0) {
     }
   }
-  close(fd);
+  close_now(fd);
   while (results < 2 && now_ms() < end + 1000) turn();
   if (results != 2) abort(); /* every call ends, whatever the server says */
   mesh_rpc_client_free(cl);
