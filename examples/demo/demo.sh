@@ -26,5 +26,8 @@ Look further:
   $meshctl validate -f FILE -o json       diagnostics as JSON
   $meshctl profile --template NAME        a ServiceProfile to start from
   $meshctl profile --open-api SPEC NAME   a ServiceProfile from an OpenAPI spec
+  $meshctl identity init --dir DIR        a trust anchor, an issuer and a token key
+  $build/daemons/mesh-identity/mesh-identity --dir DIR   the certificate authority (doc/protocol.md)
+  $build/daemons/meshd/meshd --help        the proxy (doc/meshd.md)
   README.md, doc/                          the library, the API, the benchmarks
 TXT
