@@ -19,6 +19,7 @@
 #include "ctx_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_internal.h"
+#include "sockio_internal.h"
 
 enum {
   ST_HEADER,     /* inbound: TLS handshake and transport header */
@@ -546,50 +547,6 @@ static side *side_of(conn *c, struct bufferevent *bev) {
   return &c->b;
 }
 
-/* libevent 2.1 reads at most 4 KiB per readiness event (EVBUFFER_MAX_READ
- * in buffer.c): after its read, read on from the socket into in, up to
- * room bytes, until it has nothing more. Returns 0, 1 at EOF (what came
- * before it is in in), or -1 with errno on a socket error. */
-static int read_more(evutil_socket_t fd, struct evbuffer *in, size_t room) {
-  int ret = 0;
-  evbuffer_unfreeze(in, 0); /* a socket bufferevent freezes its input's end */
-  while (room > 0) {
-    struct evbuffer_iovec v[2];
-    struct iovec iov[2];
-    int nv = evbuffer_reserve_space(in, (ev_ssize_t)room, v, 2);
-    if (nv < 1) break; /* out of memory: libevent's own reads go on */
-    size_t want = 0;
-    for (int i = 0; i < nv; i++) {
-      if (v[i].iov_len > room - want) v[i].iov_len = room - want;
-      iov[i].iov_base = v[i].iov_base;
-      iov[i].iov_len = v[i].iov_len;
-      want += v[i].iov_len;
-    }
-    ssize_t n = readv(fd, iov, nv);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) ret = 1;
-      else if (errno != EAGAIN && errno != EWOULDBLOCK) ret = -1;
-      break;
-    }
-    size_t left = (size_t)n;
-    int used = 0;
-    for (; used < nv && left > 0; used++) {
-      if (v[used].iov_len > left) v[used].iov_len = left;
-      left -= v[used].iov_len;
-    }
-    int e = errno;
-    evbuffer_commit_space(in, v, used);
-    errno = e;
-    room -= (size_t)n;
-    if ((size_t)n < want) break; /* a short read: the socket is drained */
-  }
-  int e = errno;
-  evbuffer_freeze(in, 0);
-  errno = e;
-  return ret;
-}
-
 /* A plain side read: take what else the socket holds, up to the buffer
  * bound counting what already waits for the other side, relay it, and
  * only then pass on an EOF or an error seen at its end. */
@@ -601,7 +558,7 @@ static void plain_read(conn *c, side *x) {
     struct evbuffer *in = bufferevent_get_input(x->bev);
     size_t queued = evbuffer_get_length(in) + evbuffer_get_length(bufferevent_get_output(y->bev));
     if (queued < c->p->o->buffer)
-      more = read_more(fd, in, c->p->o->buffer - queued);
+      more = mesh__sock_read_more(fd, in, c->p->o->buffer - queued);
     e = errno;
   }
   relay(c, x);

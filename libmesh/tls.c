@@ -23,6 +23,7 @@
 #include <mesh/tls.h>
 #include "ctx_internal.h"
 #include "identity_internal.h"
+#include "sockio_internal.h"
 
 /* ---- Fixed policy ------------------------------------------------------ */
 
@@ -859,51 +860,6 @@ static enum bufferevent_filter_result tls_out(struct evbuffer *src, struct evbuf
 
 static void under_event(struct bufferevent *u, short what, void *p);
 
-/* libevent 2.1 reads at most 4 KiB per readiness event (EVBUFFER_MAX_READ
- * in buffer.c), which made every 16 KiB record cost four loop turns. After
- * its read, read on from the socket into in, up to room bytes, until it
- * has nothing more. Returns 0, 1 at EOF (what came before it is in in),
- * or -1 with errno on a socket error. */
-static int read_more(evutil_socket_t fd, struct evbuffer *in, size_t room) {
-  int ret = 0;
-  evbuffer_unfreeze(in, 0); /* a socket bufferevent freezes its input's end */
-  while (room > 0) {
-    struct evbuffer_iovec v[2];
-    struct iovec iov[2];
-    int nv = evbuffer_reserve_space(in, (ev_ssize_t)room, v, 2);
-    if (nv < 1) break; /* out of memory: libevent's own reads go on */
-    size_t want = 0;
-    for (int i = 0; i < nv; i++) {
-      if (v[i].iov_len > room - want) v[i].iov_len = room - want;
-      iov[i].iov_base = v[i].iov_base;
-      iov[i].iov_len = v[i].iov_len;
-      want += v[i].iov_len;
-    }
-    ssize_t n = readv(fd, iov, nv);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) ret = 1;
-      else if (errno != EAGAIN && errno != EWOULDBLOCK) ret = -1;
-      break;
-    }
-    size_t left = (size_t)n;
-    int used = 0;
-    for (; used < nv && left > 0; used++) {
-      if (v[used].iov_len > left) v[used].iov_len = left;
-      left -= v[used].iov_len;
-    }
-    int e = errno;
-    evbuffer_commit_space(in, v, used);
-    errno = e;
-    room -= (size_t)n;
-    if ((size_t)n < want) break; /* a short read: the socket is drained */
-  }
-  int e = errno;
-  evbuffer_freeze(in, 0);
-  errno = e;
-  return ret;
-}
-
 static void under_read(struct bufferevent *u, void *p) {
   mesh_tls_conn *c = p;
   int more = 0, e = 0;
@@ -914,7 +870,7 @@ static void under_read(struct bufferevent *u, void *p) {
       !bufferevent_get_underlying(u)) {
     struct evbuffer *in = bufferevent_get_input(u);
     size_t have = evbuffer_get_length(in);
-    if (have < MESH_TLS_BUFFER_MAX) more = read_more(fd, in, MESH_TLS_BUFFER_MAX - have);
+    if (have < MESH_TLS_BUFFER_MAX) more = mesh__sock_read_more(fd, in, MESH_TLS_BUFFER_MAX - have);
     e = errno;
   }
   c->u_read(u, c->u_arg); /* the records read, then the EOF or error after them */
