@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <mesh/error.h>
+#include <mesh/manifest.h>
 #include "ctx_internal.h"
 #include "diag_internal.h"
 #include "node_internal.h"
@@ -287,6 +288,18 @@ int mesh__parse_duration_ns(const char *s, size_t len, uint64_t *out, const char
       return *why = "duration is too large", MESH_ERR_RANGE;
   }
   *out = total;
+  return 0;
+}
+
+int mesh_duration_parse_s(const char *s, uint64_t *ret_s, const char **why) {
+  const char *unused;
+  if (!why) why = &unused;
+  if (!s || !ret_s) return *why = "no duration", MESH_ERR_INVALID;
+  uint64_t ns;
+  int rc = mesh__parse_duration_ns(s, strlen(s), &ns, why);
+  if (rc < 0) return rc;
+  if (ns % 1000000000u) return *why = "not a whole number of seconds", MESH_ERR_RANGE;
+  *ret_s = ns / 1000000000u;
   return 0;
 }
 

@@ -155,22 +155,9 @@ static bool same_sig(const file_sig a[NFILES], const file_sig b[NFILES]) {
 
 /* A Go duration as identity.json writes it ("24h0m0s", "20s") in seconds. */
 static bool parse_duration(const char *s, uint64_t *ret) {
-  uint64_t total = 0;
-  if (!*s) return false;
-  while (*s) {
-    uint64_t n = 0;
-    if (*s < '0' || *s > '9') return false;
-    while (*s >= '0' && *s <= '9') {
-      if (n > UINT32_MAX) return false;
-      n = n * 10 + (uint64_t)(*s++ - '0');
-    }
-    uint64_t unit = *s == 'h' ? 3600 : *s == 'm' ? 60 : *s == 's' ? 1 : 0;
-    if (!unit) return false;
-    s++;
-    total += n * unit;
-    if (total > 100ull * 365 * 86400) return false;
-  }
-  *ret = total;
+  uint64_t v;
+  if (mesh_duration_parse_s(s, &v, NULL) < 0 || v > 100ull * 365 * 86400) return false;
+  *ret = v;
   return true;
 }
 

@@ -66,27 +66,11 @@ static bool load_certs(const char *prog, mesh_ctx *ctx, const char *path, mesh_c
   return true;
 }
 
-/* A Go-style duration of hours, minutes and seconds ("24h", "1h30m", "20s") in seconds. */
+/* A Go duration in whole seconds, as libmesh reads them in manifests; at most 100 years. */
 static bool parse_duration(const char *s, uint64_t *ret) {
-  uint64_t total = 0;
-  if (!*s) return false;
-  while (*s) {
-    if (*s < '0' || *s > '9') return false;
-    uint64_t n = 0;
-    while (*s >= '0' && *s <= '9') {
-      if (n > UINT32_MAX) return false;
-      n = n * 10 + (uint64_t)(*s++ - '0');
-    }
-    uint64_t unit;
-    if (*s == 'h') unit = 3600;
-    else if (*s == 'm' && s[1] != 's') unit = 60;
-    else if (*s == 's') unit = 1;
-    else return false;
-    s++;
-    total += n * unit;
-    if (total > 100ull * 365 * 86400) return false;
-  }
-  *ret = total;
+  uint64_t v;
+  if (mesh_duration_parse_s(s, &v, NULL) < 0 || v > 100ull * 365 * 86400) return false;
+  *ret = v;
   return true;
 }
 

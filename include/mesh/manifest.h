@@ -67,6 +67,12 @@ MESH_API const mesh_split *mesh_manifest_split(const mesh_manifest *m, size_t i)
 MESH_API int mesh_dns_label_valid(const char *s);
 MESH_API int mesh_dns_name_valid(const char *s);
 
+/* A Go duration as manifests write them ("5s", "300ms", "1m30s", "24h0m0s")
+ * in whole seconds: 0 with *ret_s set, or MESH_ERR_PARSE / MESH_ERR_RANGE
+ * (negative, overflowing, or not a whole number of seconds) with *ret_s
+ * untouched. *why, when not NULL, gets a static reason on failure. */
+MESH_API int mesh_duration_parse_s(const char *s, uint64_t *ret_s, const char **why);
+
 MESH_END_DECLS
 
 #endif

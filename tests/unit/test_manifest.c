@@ -322,6 +322,16 @@ START_TEST(name_rules) {
   ck_assert_int_eq(mesh_dns_name_valid("a..b"), 0);
   ck_assert_int_eq(mesh_dns_name_valid("a.b."), 0);
   ck_assert_int_eq(mesh_dns_name_valid(l64), 0);
+  uint64_t secs = 0;
+  const char *why = NULL;
+  ck_assert_int_eq(mesh_duration_parse_s("24h0m0s", &secs, &why), 0);
+  ck_assert_uint_eq(secs, 86400);
+  ck_assert_int_eq(mesh_duration_parse_s("1m30s", &secs, NULL), 0);
+  ck_assert_uint_eq(secs, 90);
+  ck_assert_int_eq(mesh_duration_parse_s("1500ms", &secs, &why), MESH_ERR_RANGE);
+  ck_assert_str_eq(why, "not a whole number of seconds");
+  ck_assert_int_eq(mesh_duration_parse_s("soon", &secs, &why), MESH_ERR_PARSE);
+  ck_assert_uint_eq(secs, 90);
 }
 END_TEST
 

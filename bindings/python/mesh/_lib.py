@@ -163,6 +163,7 @@ _PROTOTYPES = {
     "mesh_manifest_split": (split_p, [manifest_p, c_size_t]),
     "mesh_dns_label_valid": (c_int, [c_char_p]),
     "mesh_dns_name_valid": (c_int, [c_char_p]),
+    "mesh_duration_parse_s": (c_int, [c_char_p, POINTER(c_uint64), POINTER(c_char_p)]),
     # profile.h
     "mesh_profile_parse": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
                                    POINTER(profile_p)]),

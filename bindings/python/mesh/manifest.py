@@ -169,3 +169,12 @@ def dns_label_valid(s: str) -> bool:
 def dns_name_valid(s: str) -> bool:
     """True when s is an RFC 1123 name (labels joined by '.', at most 253)."""
     return bool(lib.mesh_dns_name_valid(cstr(s, "name")))
+
+
+def duration_seconds(s: str) -> int:
+    """A Go duration ("24h0m0s", "90s") in whole seconds; ParseError/RangeError otherwise."""
+    out = ctypes.c_uint64()
+    why = ctypes.c_char_p()
+    check(lib.mesh_duration_parse_s(cstr(s, "duration"), ctypes.byref(out), ctypes.byref(why)),
+          detail=pystr(why.value))
+    return out.value
