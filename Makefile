@@ -11,7 +11,7 @@ DEPS = meson ninja-build pkg-config gcc g++ python3 \
        libmbedtls-dev libnghttp2-dev libc-ares-dev libevent-dev libjansson-dev \
        libyaml-dev check libpcre2-dev libhttp-parser-dev \
        openssl curl nghttp2-client iproute2 iptables
-TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus
+TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server
 
 .PHONY: all deps test-deps build demo test clean
 

@@ -66,7 +66,12 @@ int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret) {
   o->grace_ms = MESH_PROXY_DEFAULT_SHUTDOWN_GRACE_MS;
   o->max_conns = MESH_PROXY_DEFAULT_MAX_CONNECTIONS;
   o->buffer = MESH_PROXY_DEFAULT_BUFFER_BYTES;
-  if (!o->out_addr || !o->in_addr || !o->admin_addr || !o->ports) {
+  o->detect_ms = MESH_PROXY_DEFAULT_DETECT_TIMEOUT_MS;
+  o->inbound_connect_ms = MESH_PROXY_DEFAULT_INBOUND_CONNECT_TIMEOUT_MS;
+  o->max_head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
+  o->max_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
+  o->opaque = mesh__strdup(ctx, MESH_PROXY_DEFAULT_OPAQUE_PORTS);
+  if (!o->out_addr || !o->in_addr || !o->admin_addr || !o->ports || !o->opaque) {
     mesh_proxy_opts_free(o);
     return MESH_ERR_NOMEM;
   }
@@ -90,6 +95,7 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
   mesh__free(ctx, o->key);
   mesh__free(ctx, o->anchors);
   mesh__free(ctx, o->ports);
+  mesh__free(ctx, o->opaque);
   mesh__free(ctx, o);
 }
 
@@ -193,13 +199,13 @@ static int ports_parse(const char *s, uint8_t *bits, int *all, const char **why)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (end == s || errno || v < 1 || v > 65535 || (*end && *end != ',')) {
-      if (why) *why = "inbound ports are a comma-separated list of ports 1-65535";
+      if (why) *why = "ports are a comma-separated list of ports 1-65535";
       return MESH_ERR_PARSE;
     }
     bits[v >> 3] |= (uint8_t)(1u << (v & 7));
     s = end;
     if (*s == ',' && !*++s) { /* a trailing comma */
-      if (why) *why = "inbound ports are a comma-separated list of ports 1-65535";
+      if (why) *why = "ports are a comma-separated list of ports 1-65535";
       return MESH_ERR_PARSE;
     }
   }
@@ -258,6 +264,45 @@ int mesh_proxy_opts_set_on_shutdown(mesh_proxy_opts *o, mesh_proxy_done_fn fn, v
   return 0;
 }
 
+int mesh_proxy_opts_set_detect_timeout(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->detect_ms = ms;
+  return 0;
+}
+
+int mesh_proxy_opts_set_response_timeout(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  o->response_ms = ms;
+  return 0;
+}
+
+int mesh_proxy_opts_set_inbound_connect_timeout(mesh_proxy_opts *o, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->inbound_connect_ms = ms;
+  return 0;
+}
+
+int mesh_proxy_opts_set_http_limits(mesh_proxy_opts *o, uint32_t max_head_bytes,
+                                    uint32_t max_fields) {
+  if (!o) return MESH_ERR_INVALID;
+  if (max_head_bytes < 1024 || max_head_bytes > 1048576 || !max_fields || max_fields > 10000)
+    return MESH_ERR_RANGE;
+  o->max_head_bytes = max_head_bytes;
+  o->max_fields = max_fields;
+  return 0;
+}
+
+int mesh_proxy_opts_set_opaque_ports(mesh_proxy_opts *o, const char *ports, const char **why) {
+  if (!o || !ports) return MESH_ERR_INVALID;
+  uint8_t bits[8192];
+  int all;
+  int rc = ports_parse(ports, bits, &all, why);
+  if (rc) return rc;
+  return set_str(o->ctx, &o->opaque, ports);
+}
+
 static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   mesh_proxy_opts *o;
   int rc = mesh_proxy_opts_new(s->ctx, &o);
@@ -268,7 +313,7 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
       set_str(ctx, &o->endpoints_file, s->endpoints_file) ||
       set_str(ctx, &o->identity_dir, s->identity_dir) || set_str(ctx, &o->cert, s->cert) ||
       set_str(ctx, &o->key, s->key) || set_str(ctx, &o->anchors, s->anchors) ||
-      set_str(ctx, &o->ports, s->ports))
+      set_str(ctx, &o->ports, s->ports) || set_str(ctx, &o->opaque, s->opaque))
     goto nomem;
   for (size_t i = 0; i < s->nmaps; i++) {
     o->maps[i].listen = mesh__strdup(ctx, s->maps[i].listen);
@@ -283,6 +328,11 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   o->grace_ms = s->grace_ms;
   o->max_conns = s->max_conns;
   o->buffer = s->buffer;
+  o->detect_ms = s->detect_ms;
+  o->response_ms = s->response_ms;
+  o->inbound_connect_ms = s->inbound_connect_ms;
+  o->max_head_bytes = s->max_head_bytes;
+  o->max_fields = s->max_fields;
   o->done_fn = s->done_fn;
   o->done_ud = s->done_ud;
   *ret = o;
@@ -653,18 +703,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
   struct sockaddr_storage dst, local;
   socklen_t dl, ll = sizeof local;
   char key[64];
-  if (original_dst(fd, &dst, &dl) != 0) {
-    mesh__proxy_error(p, 0, "no_original_dst", pl->text);
-    mesh__log(p->ctx, MESH_LOG_DEBUG, "outbound %s: no original destination (%s): not redirected",
-              pl->text, strerror(errno));
-    close(fd);
-    return;
-  }
-  /* A connection made to the listener itself has itself as its original
-   * destination: forwarding it would loop. */
-  if (getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && same_addr(&dst, &local)) {
-    mesh__proxy_error(p, 0, "loop", pl->text);
-    close(fd);
+  /* Without an original destination (not redirected), or with the
+   * listener itself as one (forwarding would loop), the connection is in
+   * explicit mode: HTTP requests name their destination, anything else is
+   * closed after detection. */
+  if (original_dst(fd, &dst, &dl) != 0 ||
+      (getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && same_addr(&dst, &local))) {
+    mesh__proxy_outbound_accept(p, pl, fd, NULL, NULL, 0);
     return;
   }
   mesh__proxy_addr_format((struct sockaddr *)&dst, key, sizeof key);
@@ -693,6 +738,16 @@ static void on_finish(evutil_socket_t fd, short what, void *arg) {
   if (p->o->done_fn) p->o->done_fn(p->o->done_ud);
 }
 
+void mesh__proxy_conn_gone(mesh_proxy *p) {
+  p->nconns--;
+  mesh__proxy_listeners_enable(p);
+  mesh__proxy_drain_check(p);
+}
+
+int mesh__proxy_opaque_port(const mesh_proxy *p, uint16_t port) {
+  return (p->o->opaque_bits[port >> 3] >> (port & 7)) & 1;
+}
+
 void mesh__proxy_drain_check(mesh_proxy *p) {
   if (p->shutting_down && p->nconns == 0 && !p->finish_armed) {
     p->finish_armed = 1;
@@ -708,6 +763,7 @@ static void on_grace(evutil_socket_t fd, short what, void *arg) {
   mesh__log(p->ctx, MESH_LOG_WARN, "shutdown grace period over: closing %u connections",
             (unsigned)p->nconns);
   mesh__proxy_conns_close_all(p);
+  mesh__proxy_http_close_all(p);
   mesh__proxy_drain_check(p);
 }
 
@@ -717,6 +773,7 @@ void mesh_proxy_shutdown(mesh_proxy *p) {
   mesh__log(p->ctx, MESH_LOG_INFO, "shutting down: %u connections to drain within %u ms",
             (unsigned)p->nconns, (unsigned)p->o->grace_ms);
   listeners_close(p);
+  mesh__proxy_http_shutdown(p);
   mesh__proxy_timer(p->grace_timer, p->o->grace_ms);
   mesh__proxy_drain_check(p);
 }
@@ -768,12 +825,15 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   int rc = opts_copy(opts, &p->o);
   if (rc) goto fail;
   if ((rc = ports_parse(p->o->ports, p->ports, &p->ports_all, why))) goto fail;
+  int none;
+  if ((rc = ports_parse(p->o->opaque, p->o->opaque_bits, &none, why))) goto fail;
   uint8_t seed[8];
   if ((rc = mesh_ctx_random(ctx, seed, sizeof seed))) goto fail;
   memcpy(&p->rng, seed, sizeof p->rng);
   p->rng |= 1;
   if ((rc = metrics_init(p))) goto fail;
   if ((rc = mesh_tls_creds_new(ctx, NULL, &p->creds))) goto fail;
+  if ((rc = mesh__proxy_http_init(p))) goto fail;
   p->poll_timer = evtimer_new(base, on_poll, p);
   p->resume_timer = evtimer_new(base, on_resume, p);
   p->grace_timer = evtimer_new(base, on_grace, p);
@@ -827,6 +887,7 @@ fail:
 void mesh_proxy_free(mesh_proxy *p) {
   if (!p) return;
   mesh_ctx *ctx = p->ctx;
+  mesh__proxy_http_free(p);
   mesh__proxy_conns_close_all(p);
   mesh__proxy_admin_stop(p);
   listeners_close(p);

@@ -17,11 +17,13 @@
 #include <mesh/identity.h>
 
 #include "ctx_internal.h"
+#include "http_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_internal.h"
 #include "sockio_internal.h"
 
 enum {
+  ST_DETECT,     /* outbound: the first bytes, to tell HTTP from opaque TCP */
   ST_HEADER,     /* inbound: TLS handshake and transport header */
   ST_CONNECTING, /* TCP connect to the upstream */
   ST_HANDSHAKE,  /* outbound, meshed: TLS handshake with the peer proxy */
@@ -57,7 +59,10 @@ struct mesh_proxy_conn {
   mesh_endpoint *ep;
   uint64_t pick_ns;
   uint16_t hdr_port;
-  char key[300];     /* outbound: the destination looked up */
+  int has_dst;                  /* transparent mode: the original destination */
+  struct sockaddr_storage dst;
+  socklen_t dstlen;
+  char key[300];     /* outbound: the destination looked up ("" explicit mode) */
   char target[64];   /* b's address */
   char peer_id[256]; /* outbound: the expected server; inbound: the client ("" none) */
 };
@@ -175,10 +180,8 @@ static void conn_free(conn *c, side *err_side, int e) {
   if (c->prev) c->prev->next = c->next;
   else p->conns = c->next;
   if (c->next) c->next->prev = c->prev;
-  p->nconns--;
   mesh__free(p->ctx, c);
-  mesh__proxy_listeners_enable(p);
-  mesh__proxy_drain_check(p);
+  mesh__proxy_conn_gone(p);
 }
 
 /* A connection that failed before it was proxied: counted, logged, closed. */
@@ -307,9 +310,9 @@ static void side_setup(conn *c, side *s) {
 /* ---- Connecting upstream ------------------------------------------------------------------ */
 
 static void write_header(conn *c) {
-  uint8_t hdr[32];
+  uint8_t hdr[48];
   size_t n;
-  if (mesh__proxy_header_write(c->hdr_port, hdr, sizeof hdr, &n) == 0)
+  if (mesh__proxy_header_write(c->hdr_port, 0, hdr, sizeof hdr, &n) == 0)
     bufferevent_write(c->b.bev, hdr, n);
 }
 
@@ -411,31 +414,18 @@ static uint16_t key_port(const char *key) {
   return colon ? (uint16_t)atoi(colon + 1) : 0;
 }
 
-void mesh__proxy_outbound_accept(mesh_proxy *p, proxy_listener *pl, int fd, const char *key,
-                                 const struct sockaddr *dst, socklen_t dstlen) {
-  (void)pl;
-  conn *c = conn_new(p, 0);
-  if (!c) {
-    close(fd);
-    mesh__proxy_error(p, 0, "no_memory", key);
+/* Opaque TCP: pick an endpoint of the destination and splice. */
+static void outbound_opaque(conn *c) {
+  mesh_proxy *p = c->p;
+  if (!*c->key) {
+    conn_fail(c, "no_original_dst", "not HTTP, and no original destination (not redirected)");
     return;
   }
-  snprintf(c->key, sizeof c->key, "%s", key);
-  c->a.raw = c->a.bev = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE |
-                                                                BEV_OPT_DEFER_CALLBACKS);
-  if (!c->a.bev) {
-    close(fd);
-    conn_fail(c, "no_memory", NULL);
-    return;
-  }
-  c->a.ready = 1;
-  side_setup(c, &c->a);
   bufferevent_disable(c->a.bev, EV_READ); /* until the upstream can take bytes */
   side_open(&c->a, "outbound", "src", "no_identity", "", "", c->key);
-
   size_t svc;
   proxy_snapshot *s = p->snap;
-  if (s && mesh_proxy_endpoints_find(s->eps, key, &svc) == 0) {
+  if (s && mesh_proxy_endpoints_find(s->eps, c->key, &svc) == 0) {
     mesh_endpoint *ep;
     uint64_t now = mesh__proxy_now_ns();
     if (mesh_balance_pick(s->bal[svc], now, mesh__proxy_rand(p), mesh__proxy_rand(p), &ep)) {
@@ -459,11 +449,65 @@ void mesh__proxy_outbound_accept(mesh_proxy *p, proxy_listener *pl, int fd, cons
     connect_upstream(c, sa, len);
     return;
   }
-  if (!dst) {
+  if (!c->has_dst) {
     conn_fail(c, "unknown_destination", "not in the endpoints file");
     return;
   }
-  connect_upstream(c, dst, dstlen); /* not meshed: straight to the original destination */
+  /* not meshed: straight to the original destination */
+  connect_upstream(c, (struct sockaddr *)&c->dst, c->dstlen);
+}
+
+void mesh__proxy_outbound_accept(mesh_proxy *p, proxy_listener *pl, int fd, const char *key,
+                                 const struct sockaddr *dst, socklen_t dstlen) {
+  (void)pl;
+  conn *c = conn_new(p, 0);
+  if (!c) {
+    close(fd);
+    mesh__proxy_error(p, 0, "no_memory", key);
+    return;
+  }
+  snprintf(c->key, sizeof c->key, "%s", key ? key : "");
+  if (dst) {
+    memcpy(&c->dst, dst, dstlen);
+    c->dstlen = dstlen;
+    c->has_dst = 1;
+  }
+  c->a.raw = c->a.bev = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE |
+                                                                BEV_OPT_DEFER_CALLBACKS);
+  if (!c->a.bev) {
+    close(fd);
+    conn_fail(c, "no_memory", NULL);
+    return;
+  }
+  c->a.ready = 1;
+  side_setup(c, &c->a);
+  if (key && mesh__proxy_opaque_port(p, key_port(key))) {
+    outbound_opaque(c);
+    return;
+  }
+  /* Detection: one read of up to 1 KiB within the detect timeout. */
+  c->state = ST_DETECT;
+  bufferevent_enable(c->a.bev, EV_READ);
+  mesh__proxy_timer(c->timer, p->o->detect_ms);
+}
+
+static void detect(conn *c) {
+  struct evbuffer *in = bufferevent_get_input(c->a.bev);
+  size_t n = evbuffer_get_length(in);
+  if (n > MH_DETECT_MAX_BYTES) n = MH_DETECT_MAX_BYTES;
+  const uint8_t *b = evbuffer_pullup(in, (ev_ssize_t)n);
+  int d = b ? mh_detect(b, n) : MH_DETECT_OPAQUE;
+  if (d == MH_DETECT_MORE) return;
+  event_del(c->timer);
+  if (d == MH_DETECT_OPAQUE) {
+    outbound_opaque(c);
+    return;
+  }
+  struct bufferevent *bev = c->a.bev;
+  c->a.bev = c->a.raw = NULL;
+  mesh__proxy_http_outbound(c->p, bev, d, *c->key ? c->key : NULL,
+                            c->has_dst ? (struct sockaddr *)&c->dst : NULL, c->dstlen);
+  conn_free(c, NULL, 0);
 }
 
 /* ---- Inbound ------------------------------------------------------------------------------- */
@@ -507,7 +551,8 @@ static int read_header(conn *c) {
   if (have > 2 + MESH_PROXY_HEADER_MAX) have = 2 + MESH_PROXY_HEADER_MAX;
   const uint8_t *buf = evbuffer_pullup(in, (ev_ssize_t)have);
   uint16_t v = 0;
-  int rc = buf ? mesh__proxy_header_parse(buf, have, &used, &v) : MESH_ERR_NOMEM;
+  int h2 = 0;
+  int rc = buf ? mesh__proxy_header_parse(buf, have, &used, &v, &h2) : MESH_ERR_NOMEM;
   if (rc == 1) return 1;
   if (rc) {
     conn_fail(c, "header_invalid", "not a transport header (2-byte length, {\"port\": N})");
@@ -529,6 +574,15 @@ static int read_header(conn *c) {
   }
   const char *id = mesh_tls_conn_peer_identity(c->a.tls);
   snprintf(c->peer_id, sizeof c->peer_id, "%s", id ? id : "");
+  if (h2) { /* HTTP/2 from the peer proxy: requests, not bytes */
+    mesh_tls_conn *t = c->a.tls;
+    c->a.tls = NULL;
+    c->a.bev = c->a.raw = NULL;
+    event_del(c->timer);
+    mesh__proxy_http_inbound(p, t, (uint16_t)v, c->peer_id);
+    conn_free(c, NULL, 0);
+    return 0;
+  }
   side_open(&c->a, "inbound", "src", id ? "true" : "no_identity", c->peer_id, "", c->target);
   /* The rest waits in the TLS layer (bounded) until the application answers. */
   bufferevent_disable(c->a.bev, EV_READ);
@@ -574,6 +628,10 @@ static void plain_read(conn *c, side *x) {
 static void on_read(struct bufferevent *bev, void *arg) {
   conn *c = arg;
   side *x = side_of(c, bev);
+  if (c->state == ST_DETECT) {
+    detect(c);
+    return;
+  }
   if (c->state == ST_HEADER && x == &c->a) {
     read_header(c);
     return;
@@ -622,6 +680,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
     conn_fail(c, err, why);
     return;
   }
+  if (c->state == ST_DETECT) { /* closed before it said what it speaks */
+    conn_fail(c, "detect_eof", "closed during protocol detection");
+    return;
+  }
   if (x == &c->a && c->state == ST_HEADER) {
     if (what & BEV_EVENT_CONNECTED) {
       c->a.ready = 1;
@@ -664,6 +726,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     conn_free(c, NULL, 0);
     return;
   }
-  if (c->state == ST_HEADER) conn_fail(c, "header_timeout", "no transport header in time");
+  if (c->state == ST_DETECT) outbound_opaque(c); /* a server-speaks-first protocol */
+  else if (c->state == ST_HEADER) conn_fail(c, "header_timeout", "no transport header in time");
   else if (c->state == ST_CONNECTING) conn_fail(c, "connect_timeout", c->target);
 }

@@ -11,10 +11,14 @@
 #include <mesh/proxy.h>
 #include <mesh/tls.h>
 
+#include "http_internal.h"
+
 struct event;
 struct evhttp;
 struct evconnlistener;
 struct mesh_proxy_conn;
+struct hsrv;
+struct mesh_pool;
 
 struct mesh_proxy_opts {
   mesh_ctx *ctx;
@@ -26,12 +30,20 @@ struct mesh_proxy_opts {
   char *endpoints_file, *identity_dir, *cert, *key, *anchors, *ports;
   int allow_unauth;
   uint32_t connect_ms, header_ms, grace_ms, max_conns, buffer;
+  uint32_t detect_ms, response_ms, inbound_connect_ms, max_head_bytes, max_fields;
+  char *opaque;          /* the opaque ports as given */
+  uint8_t opaque_bits[8192];
   uint64_t idle_ms;
   mesh_proxy_done_fn done_fn;
   void *done_ud;
 };
 
 enum { LST_TRANSPARENT = 0, LST_PORT_MAP = 1, LST_INBOUND = 2 };
+
+typedef struct {
+  mesh_proxy *p;
+  const char *direction;
+} pool_side;
 
 typedef struct {
   mesh_proxy *p;
@@ -77,12 +89,17 @@ struct mesh_proxy {
   uint64_t reloads, accept_errors;
   struct event *poll_timer, *resume_timer, *grace_timer, *finish_timer;
   struct mesh_proxy_conn *conns; /* every open connection, for shutdown and sweeps */
-  uint32_t nconns;
+  struct hsrv *hsrvs;            /* every accepted HTTP connection (proxy_http.c) */
+  uint32_t nconns;               /* accepted connections, opaque and HTTP */
+  struct mesh_pool *out_pool, *in_pool;
+  pool_side pool_sides[2]; /* which proxy and direction a pool's connections count under */
+  mh_limits http_limits;
+  uint32_t http_window;
   int limit_paused, emfile_paused, shutting_down, finish_armed, finished;
   struct {
     mesh_metrics *reg;
     mesh_metric_family *open_total, *open_conns, *read_bytes, *write_bytes, *close_total,
-        *in_errors, *out_errors;
+        *in_errors, *out_errors, *req_total, *rsp_total, *rsp_latency;
     mesh_metric_series *cert_expiry;
   } m;
 };
@@ -106,6 +123,23 @@ void mesh__proxy_conns_close_all(mesh_proxy *p);
 void mesh__proxy_idle_sweep(mesh_proxy *p);
 /* Count a connection that failed before it was proxied. */
 void mesh__proxy_error(mesh_proxy *p, int inbound, const char *error, const char *target);
+
+/* An accepted connection (opaque or HTTP) is gone: accepting may resume,
+ * a shutdown may finish. */
+void mesh__proxy_conn_gone(mesh_proxy *p);
+/* 1 when port is one of the opaque ports (no protocol detection). */
+int mesh__proxy_opaque_port(const mesh_proxy *p, uint16_t port);
+
+/* proxy_http.c: HTTP connections handed over after detection (outbound:
+ * the application's plaintext bev, key/dst as for opaque connections, key
+ * NULL in explicit mode) or after an inbound transport header naming h2. */
+int mesh__proxy_http_init(mesh_proxy *p);
+void mesh__proxy_http_free(mesh_proxy *p);
+void mesh__proxy_http_outbound(mesh_proxy *p, struct bufferevent *bev, int proto, const char *key,
+                               const struct sockaddr *dst, socklen_t dstlen);
+void mesh__proxy_http_inbound(mesh_proxy *p, mesh_tls_conn *tls, uint16_t port, const char *peer);
+void mesh__proxy_http_shutdown(mesh_proxy *p);
+void mesh__proxy_http_close_all(mesh_proxy *p);
 
 /* proxy_admin.c */
 int mesh__proxy_admin_start(mesh_proxy *p, const char **why);

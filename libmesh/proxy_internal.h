@@ -18,12 +18,15 @@ const struct sockaddr *mesh__proxy_endpoints_sockaddr(const mesh_proxy_endpoints
                                                       size_t i, socklen_t *len);
 
 /* The transport header: 2 bytes of length (big-endian, 1..MESH_PROXY_HEADER_MAX)
- * then a JSON object {"port": N} (other fields ignored). write: into buf
- * (cap >= 32), MESH_ERR_INVALID for port 0. parse: 1 when more bytes are
- * needed, 0 with *port and *consumed, MESH_ERR_PARSE when invalid. */
-int mesh__proxy_header_write(uint16_t port, uint8_t *buf, size_t cap, size_t *len);
+ * then a JSON object {"port": N} or {"port": N, "proto": "h2"} (HTTP/2
+ * between the proxies follows instead of opaque bytes; other fields are
+ * ignored). write: into buf (cap >= 48), MESH_ERR_INVALID for port 0.
+ * parse: 1 when more bytes are needed, 0 with *port, *h2 and *consumed,
+ * MESH_ERR_PARSE when invalid (an unknown proto too). */
+int mesh__proxy_header_write(uint16_t port, int h2, uint8_t *buf, size_t cap, size_t *len);
 /* 1 when port is one of p's own listening ports (inbound, outbound, port maps). */
 int mesh__proxy_listens_on(const mesh_proxy *p, uint16_t port);
-int mesh__proxy_header_parse(const uint8_t *buf, size_t len, size_t *consumed, uint16_t *port);
+int mesh__proxy_header_parse(const uint8_t *buf, size_t len, size_t *consumed, uint16_t *port,
+                             int *h2);
 
 #endif

@@ -13,7 +13,9 @@
 enum {
   OPT_OUTBOUND = 256, OPT_INBOUND, OPT_ADMIN, OPT_PORT_MAP, OPT_ENDPOINTS, OPT_IDENTITY_DIR,
   OPT_CERT, OPT_KEY, OPT_ANCHORS, OPT_ALLOW_UNAUTH, OPT_INBOUND_PORTS, OPT_CONNECT_TIMEOUT,
-  OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL
+  OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL,
+  OPT_DETECT_TIMEOUT, OPT_RESPONSE_TIMEOUT, OPT_INBOUND_CONNECT_TIMEOUT, OPT_MAX_HEADER_BYTES,
+  OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS
 };
 
 static const struct option LONG[] = {
@@ -35,6 +37,12 @@ static const struct option LONG[] = {
     {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
     {"buffer-bytes", required_argument, NULL, OPT_BUFFER},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
+    {"response-timeout", required_argument, NULL, OPT_RESPONSE_TIMEOUT},
+    {"inbound-connect-timeout", required_argument, NULL, OPT_INBOUND_CONNECT_TIMEOUT},
+    {"max-header-bytes", required_argument, NULL, OPT_MAX_HEADER_BYTES},
+    {"max-header-fields", required_argument, NULL, OPT_MAX_HEADER_FIELDS},
+    {"opaque-ports", required_argument, NULL, OPT_OPAQUE_PORTS},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -63,13 +71,20 @@ static const struct {
     {OPT_MAX_CONNS, "MESH_PROXY_MAX_CONNECTIONS"},
     {OPT_BUFFER, "MESH_PROXY_BUFFER_BYTES"},
     {OPT_LOG_LEVEL, "MESH_PROXY_LOG_LEVEL"},
+    {OPT_DETECT_TIMEOUT, "MESH_PROXY_DETECT_TIMEOUT"},
+    {OPT_RESPONSE_TIMEOUT, "MESH_PROXY_RESPONSE_TIMEOUT"},
+    {OPT_INBOUND_CONNECT_TIMEOUT, "MESH_PROXY_INBOUND_CONNECT_TIMEOUT"},
+    {OPT_MAX_HEADER_BYTES, "MESH_PROXY_MAX_HEADER_BYTES"},
+    {OPT_MAX_HEADER_FIELDS, "MESH_PROXY_MAX_HEADER_FIELDS"},
+    {OPT_OPAQUE_PORTS, "MESH_PROXY_OPAQUE_PORTS"},
 };
 #define NENV (sizeof ENV / sizeof ENV[0])
 
 static void usage(FILE *out) {
   fprintf(out,
           "Usage: meshd [flags]\n\n"
-          "The libmesh proxy: opaque TCP over mTLS between proxies (doc/meshd.md).\n\n"
+          "The libmesh proxy: HTTP/1, HTTP/2 and opaque TCP over mTLS between proxies\n"
+          "(doc/meshd.md).\n\n"
           "Listeners (\"\" turns one off):\n"
           "  --outbound-listen-addr ADDR   transparent outbound (iptables REDIRECT) [127.0.0.1:4140]\n"
           "  --inbound-listen-addr ADDR    mTLS from other proxies [0.0.0.0:4143]\n"
@@ -84,6 +99,11 @@ static void usage(FILE *out) {
           "Limits (durations: 500ms, 5s, 1m, 1h; plain numbers are milliseconds):\n"
           "  --connect-timeout D [1s]  --header-timeout D [10s]  --idle-timeout D [1h, 0: none]\n"
           "  --shutdown-grace D [5s]   --max-connections N [10000]  --buffer-bytes N [65536]\n"
+          "  --detect-timeout D [10s]  --response-timeout D [0: none]\n"
+          "  --inbound-connect-timeout D [300ms]\n"
+          "  --max-header-bytes N [65536]  --max-header-fields N [100]\n"
+          "  --opaque-ports LIST        no protocol detection on these [25,587,3306,4444,5432,\n"
+          "                             6379,9300,11211]\n"
           "  --log-level error|warn|info|debug [info]\n"
           "Every flag has an environment variable: MESH_PROXY_<FLAG> (e.g.\n"
           "MESH_PROXY_OUTBOUND_LISTEN_ADDR, MESH_PROXY_ENDPOINTS); flags win.\n"
@@ -105,6 +125,9 @@ static int parse_duration(const char *s, uint64_t *ms) {
 }
 
 static int log_level = MESH_LOG_INFO;
+/* The two head limits are set together. */
+static uint32_t head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
+static uint32_t head_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
 
 static void log_stderr(void *ud, int level, const char *line) {
   (void)ud;
@@ -169,10 +192,14 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
         o, !arg || !strcmp(arg, "1") || !strcmp(arg, "true"));
     break;
   case OPT_INBOUND_PORTS: rc = mesh_proxy_opts_set_inbound_ports(o, arg, &why); break;
+  case OPT_OPAQUE_PORTS: rc = mesh_proxy_opts_set_opaque_ports(o, arg, &why); break;
   case OPT_CONNECT_TIMEOUT:
   case OPT_HEADER_TIMEOUT:
   case OPT_IDLE_TIMEOUT:
   case OPT_GRACE:
+  case OPT_DETECT_TIMEOUT:
+  case OPT_RESPONSE_TIMEOUT:
+  case OPT_INBOUND_CONNECT_TIMEOUT:
     if (parse_duration(arg, &ms) || (opt != OPT_IDLE_TIMEOUT && ms > UINT32_MAX)) {
       rc = MESH_ERR_PARSE;
       why = "a duration such as 500ms, 5s, 1m, 1h";
@@ -181,10 +208,16 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     rc = opt == OPT_CONNECT_TIMEOUT ? mesh_proxy_opts_set_connect_timeout(o, (uint32_t)ms)
          : opt == OPT_HEADER_TIMEOUT ? mesh_proxy_opts_set_header_timeout(o, (uint32_t)ms)
          : opt == OPT_IDLE_TIMEOUT   ? mesh_proxy_opts_set_idle_timeout(o, ms)
-                                     : mesh_proxy_opts_set_shutdown_grace(o, (uint32_t)ms);
+         : opt == OPT_DETECT_TIMEOUT ? mesh_proxy_opts_set_detect_timeout(o, (uint32_t)ms)
+         : opt == OPT_RESPONSE_TIMEOUT ? mesh_proxy_opts_set_response_timeout(o, (uint32_t)ms)
+         : opt == OPT_INBOUND_CONNECT_TIMEOUT
+             ? mesh_proxy_opts_set_inbound_connect_timeout(o, (uint32_t)ms)
+             : mesh_proxy_opts_set_shutdown_grace(o, (uint32_t)ms);
     break;
   case OPT_MAX_CONNS:
-  case OPT_BUFFER: {
+  case OPT_BUFFER:
+  case OPT_MAX_HEADER_BYTES:
+  case OPT_MAX_HEADER_FIELDS: {
     char *end;
     unsigned long v = strtoul(arg, &end, 10);
     if (*end || end == arg || v > UINT32_MAX) {
@@ -192,8 +225,11 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
       why = "a number";
       break;
     }
+    if (opt == OPT_MAX_HEADER_BYTES) head_bytes = (uint32_t)v;
+    if (opt == OPT_MAX_HEADER_FIELDS) head_fields = (uint32_t)v;
     rc = opt == OPT_MAX_CONNS ? mesh_proxy_opts_set_max_connections(o, (uint32_t)v)
-                              : mesh_proxy_opts_set_buffer_bytes(o, (uint32_t)v);
+         : opt == OPT_BUFFER  ? mesh_proxy_opts_set_buffer_bytes(o, (uint32_t)v)
+                              : mesh_proxy_opts_set_http_limits(o, head_bytes, head_fields);
     break;
   }
   case OPT_LOG_LEVEL:

@@ -152,6 +152,30 @@ MESH_API int mesh_proxy_opts_set_max_connections(mesh_proxy_opts *o, uint32_t n)
  * (4 KiB .. 16 MiB). */
 MESH_API int mesh_proxy_opts_set_buffer_bytes(mesh_proxy_opts *o, uint32_t bytes);
 
+/* HTTP. Protocol detection: the first bytes of an outbound connection are
+ * read for up to ms (default 10 s, Linkerd's) to tell HTTP/2, HTTP/1 and
+ * anything else apart; a connection that sends nothing in time is opaque.
+ * Ports listed as opaque ("25,587,3306", Linkerd's default list when never
+ * set; "" none) skip detection. The response timeout (0, the default:
+ * none) answers 504 when no response head arrived in time. Heads are
+ * limited to max_head_bytes (1 KiB .. 1 MiB; default 64 KiB; over it 431)
+ * and max_fields fields (1 .. 10000; default 100; over it 431); a request
+ * head must arrive within the header timeout. The inbound connect timeout
+ * (default 300 ms, Linkerd's) bounds connecting to the local application.
+ * MESH_ERR_INVALID, MESH_ERR_RANGE, MESH_ERR_PARSE (ports, with *why). */
+#define MESH_PROXY_DEFAULT_DETECT_TIMEOUT_MS 10000u
+#define MESH_PROXY_DEFAULT_INBOUND_CONNECT_TIMEOUT_MS 300u
+#define MESH_PROXY_DEFAULT_MAX_HEAD_BYTES 65536u
+#define MESH_PROXY_DEFAULT_MAX_FIELDS 100u
+#define MESH_PROXY_DEFAULT_OPAQUE_PORTS "25,587,3306,4444,5432,6379,9300,11211"
+MESH_API int mesh_proxy_opts_set_detect_timeout(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_response_timeout(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_inbound_connect_timeout(mesh_proxy_opts *o, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_http_limits(mesh_proxy_opts *o, uint32_t max_head_bytes,
+                                             uint32_t max_fields);
+MESH_API int mesh_proxy_opts_set_opaque_ports(mesh_proxy_opts *o, const char *ports,
+                                              const char **why);
+
 /* Called once a graceful shutdown has finished (connections drained or the
  * grace period over): the application then stops its loop and frees the
  * proxy. fn NULL: none. MESH_ERR_INVALID. */

@@ -34,7 +34,7 @@ timeout 300 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_I
 SERVER=$!
 pids+=($SERVER)
 timeout 300 "$meshd" --identity-dir client --inbound-listen-addr "" --outbound-listen-addr "" \
-  --admin-listen-addr "127.0.0.1:$P_CADM" --endpoints eps.json --log-level warn \
+  --admin-listen-addr "127.0.0.1:$P_CADM" --endpoints eps.json --log-level warn --opaque-ports 7,9000 \
   --outbound-port-map "127.0.0.1:$P_MSINK=sink.default.svc.cluster.local:9000" \
   --outbound-port-map "127.0.0.1:$P_MECHO=echo.default.svc.cluster.local:7" >client.log 2>&1 &
 CLIENT=$!

@@ -13,7 +13,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!ctx && mesh_ctx_new(&ctx)) return 0;
   size_t used = 0;
   uint16_t port = 0;
-  int rc = mesh__proxy_header_parse(data, size, &used, &port);
+  int h2 = 0;
+  int rc = mesh__proxy_header_parse(data, size, &used, &port, &h2);
   if (rc == 0 && (used > size || used < 2 || port == 0)) __builtin_trap();
   mesh_diags *d = NULL;
   mesh_proxy_endpoints *e = NULL;

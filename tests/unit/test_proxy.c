@@ -253,50 +253,58 @@ START_TEST(transport_header) {
   uint8_t buf[2 + MESH_PROXY_HEADER_MAX + 8];
   size_t len, used;
   uint16_t port = 0;
-  ck_assert_int_eq(mesh__proxy_header_write(8080, buf, sizeof buf, &len), 0);
+  int h2 = -1;
+  ck_assert_int_eq(mesh__proxy_header_write(8080, 0, buf, sizeof buf, &len), 0);
   ck_assert_uint_eq(len, 2 + strlen("{\"port\":8080}"));
   ck_assert_int_eq(buf[0], 0);
   ck_assert_int_eq(buf[1], (int)len - 2);
-  ck_assert_int_eq(mesh__proxy_header_write(0, buf, sizeof buf, &len), MESH_ERR_INVALID);
-  ck_assert_int_eq(mesh__proxy_header_write(1, buf, 4, &len), MESH_ERR_INVALID);
-  ck_assert_int_eq(mesh__proxy_header_write(8080, buf, sizeof buf, &len), 0);
+  ck_assert_int_eq(mesh__proxy_header_write(0, 0, buf, sizeof buf, &len), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh__proxy_header_write(1, 0, buf, 4, &len), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh__proxy_header_write(8080, 0, buf, sizeof buf, &len), 0);
   /* Every prefix needs more; the whole parses, trailing bytes untouched. */
   for (size_t i = 0; i < len; i++)
-    ck_assert_int_eq(mesh__proxy_header_parse(buf, i, &used, &port), 1);
+    ck_assert_int_eq(mesh__proxy_header_parse(buf, i, &used, &port, &h2), 1);
   memcpy(buf + len, "app", 3);
-  ck_assert_int_eq(mesh__proxy_header_parse(buf, len + 3, &used, &port), 0);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, len + 3, &used, &port, &h2), 0);
   ck_assert_uint_eq(used, len);
   ck_assert_uint_eq(port, 8080);
+  ck_assert_int_eq(h2, 0);
+  /* HTTP/2 between the proxies. */
+  ck_assert_int_eq(mesh__proxy_header_write(8081, 1, buf, sizeof buf, &len), 0);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, len, &used, &port, &h2), 0);
+  ck_assert_uint_eq(port, 8081);
+  ck_assert_int_eq(h2, 1);
   /* Other fields are ignored (later versions may add some). */
   const char *ext = "{\"name\":\"web.default.svc.cluster.local:80\",\"port\":9}";
   buf[0] = 0;
   buf[1] = (uint8_t)strlen(ext);
   memcpy(buf + 2, ext, strlen(ext));
-  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + strlen(ext), &used, &port), 0);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + strlen(ext), &used, &port, &h2), 0);
   ck_assert_uint_eq(port, 9);
   /* Invalid: lengths out of range, no port, a bad port, not JSON. */
   const char *bad[] = {"{}", "{\"port\":0}", "{\"port\":65536}", "{\"port\":\"80\"}",
-                       "[80]", "{\"port\":80", "{\"port\":80,\"port\":81}", "x"};
+                       "[80]", "{\"port\":80", "{\"port\":80,\"port\":81}", "x",
+                       "{\"port\":80,\"proto\":\"h3\"}", "{\"port\":80,\"proto\":2}"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     size_t n = strlen(bad[i]);
     buf[0] = 0;
     buf[1] = (uint8_t)n;
     memcpy(buf + 2, bad[i], n);
-    ck_assert_msg(mesh__proxy_header_parse(buf, 2 + n, &used, &port) == MESH_ERR_PARSE, "%s",
+    ck_assert_msg(mesh__proxy_header_parse(buf, 2 + n, &used, &port, &h2) == MESH_ERR_PARSE, "%s",
                   bad[i]);
   }
   buf[0] = 0;
   buf[1] = 0;
-  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port), MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port, &h2), MESH_ERR_PARSE);
   buf[0] = (uint8_t)((MESH_PROXY_HEADER_MAX + 1) >> 8);
   buf[1] = (uint8_t)(MESH_PROXY_HEADER_MAX + 1);
-  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port), MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2, &used, &port, &h2), MESH_ERR_PARSE);
   /* The largest allowed header: a port padded with spaces to 1 KiB. */
   memset(buf + 2, ' ', MESH_PROXY_HEADER_MAX);
   memcpy(buf + 2, "{\"port\":7}", 10);
   buf[0] = (uint8_t)(MESH_PROXY_HEADER_MAX >> 8);
   buf[1] = (uint8_t)MESH_PROXY_HEADER_MAX;
-  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + MESH_PROXY_HEADER_MAX, &used, &port), 0);
+  ck_assert_int_eq(mesh__proxy_header_parse(buf, 2 + MESH_PROXY_HEADER_MAX, &used, &port, &h2), 0);
   ck_assert_uint_eq(port, 7);
 }
 END_TEST
@@ -368,13 +376,15 @@ START_TEST(proxy_lifecycle) {
   ck_assert_int_eq(mesh_proxy_ready(p), 0);
 
   /* A direct connection to the transparent listener has no original
-   * destination: closed and counted. */
+   * destination: explicit mode, where only HTTP can be routed; anything
+   * else is closed and counted once detection has seen it. */
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sin = {0};
   sin.sin_family = AF_INET;
   sin.sin_port = htons(mesh_proxy_port(p, MESH_PROXY_LISTENER_OUTBOUND));
   sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ck_assert_int_eq(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+  ck_assert_int_eq(write(fd, "hello\n", 6), 6);
   struct timeval tv = {0, 200000};
   struct event *t = evtimer_new(base, stop_loop, base);
   evtimer_add(t, &tv);

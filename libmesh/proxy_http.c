@@ -1,0 +1,737 @@
+/* libmesh proxy HTTP: requests from the application (outbound) and from peer proxies (inbound), forwarded through the pools with l5d-orig-proto and synthesized errors. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include <mesh/error.h>
+
+#include "ctx_internal.h"
+#include "http_internal.h"
+#include "pool_internal.h"
+#include "proxy_conn_internal.h"
+#include "proxy_internal.h"
+
+enum { REQ = 0, RSP = 1 };
+
+typedef struct hsrv hsrv;
+typedef struct hreq hreq;
+
+/* A connection's tcp_* series, fed by callbacks on its bufferevent's
+ * buffers (bytes read into the input, bytes written from the output). */
+typedef struct {
+  mesh_proxy *p;
+  struct bufferevent *bev;
+  struct evbuffer_cb_entry *in_cb, *out_cb;
+  const char *lv[6];
+  char target[64], server_id[256];
+  mesh_metric_series *conns, *rd, *wr;
+} tcp_track;
+
+/* One accepted HTTP connection: from the application (outbound) or from a
+ * peer proxy over mTLS (inbound, HTTP/2). */
+struct hsrv {
+  mesh_proxy *p;
+  hsrv *prev, *next;
+  mh_conn *mc;
+  int inbound;
+  int has_dst;                  /* transparent mode: the original destination */
+  struct sockaddr_storage dst;
+  socklen_t dstlen;
+  char key[300];                /* the listener's logical destination ("" explicit mode) */
+  uint16_t port;                /* inbound: the local port requests go to */
+  char peer_id[256];            /* inbound: the client proxy's identity ("" none) */
+  tcp_track trk;
+  hreq *reqs;
+};
+
+/* One request/response exchange between a server stream (ss) and the
+ * upstream stream (us) it was forwarded on. */
+struct hreq {
+  hsrv *sv;
+  hreq *prev, *next;
+  mh_stream *ss, *us;
+  mh_conn *uc;
+  mesh_pool *pool;
+  pool_wait *w;
+  mh_head req;
+  proxy_snapshot *snap; /* held while ep is */
+  mesh_endpoint *ep;
+  uint64_t start_ns;
+  struct event *timer;
+  struct evbuffer *buf[2]; /* the codecs' body buffers: request (from ss), response (from us) */
+  mh_head trailers[2];
+  unsigned ended[2], sent_end[2];
+  unsigned head_sent : 1, discard : 1, counted : 1, meshed : 1;
+  int status;
+  char authority[300], target[64], server_id[256];
+};
+
+static const mh_stream_cbs ss_cbs, us_cbs;
+
+/* ---- Metrics ------------------------------------------------------------------- */
+
+static void sv_labels(const hreq *r, const char **v) {
+  const hsrv *sv = r->sv;
+  v[0] = sv->inbound ? "inbound" : "outbound";
+  v[1] = r->authority;
+  v[2] = r->target;
+  v[3] = sv->inbound ? (*sv->peer_id ? "true" : "no_identity") : (r->meshed ? "true" : "no_identity");
+  v[4] = sv->inbound ? sv->peer_id : "";
+  v[5] = sv->inbound ? "" : r->server_id;
+}
+
+static void count_request(hreq *r) {
+  const char *v[6];
+  sv_labels(r, v);
+  mesh_metric_series *s;
+  if (mesh_metrics_series(r->sv->p->m.req_total, v, 6, &s) == 0) {
+    mesh_metrics_inc(s, 1);
+    mesh_metrics_series_unref(s);
+  }
+}
+
+/* The response as the caller saw it: status, gRPC status, classification
+ * (failure: 5xx, a gRPC status other than 0, or a proxy error). */
+static void count_response(hreq *r, const char *grpc, const char *error) {
+  if (r->counted) return;
+  r->counted = 1;
+  char code[8];
+  snprintf(code, sizeof code, "%d", r->status);
+  int ok = r->status && r->status < 500 && !*error && (!grpc || strcmp(grpc, "0") == 0);
+  const char *v[10];
+  sv_labels(r, v);
+  v[6] = ok ? "success" : "failure";
+  v[7] = r->status ? code : "";
+  v[8] = grpc ? grpc : "";
+  v[9] = error;
+  mesh_metric_series *s;
+  mesh_proxy *p = r->sv->p;
+  if (mesh_metrics_series(p->m.rsp_total, v, 10, &s) == 0) {
+    mesh_metrics_inc(s, 1);
+    mesh_metrics_series_unref(s);
+  }
+}
+
+/* Linkerd's response_latency_ms: from the request's head to the response's. */
+static void observe_latency(hreq *r) {
+  const char *v[6];
+  sv_labels(r, v);
+  mesh_metric_series *s;
+  if (mesh_metrics_series(r->sv->p->m.rsp_latency, v, 6, &s) == 0) {
+    mesh_metrics_observe(s, (mesh__proxy_now_ns() - r->start_ns) / 1000000u);
+    mesh_metrics_series_unref(s);
+  }
+}
+
+static void on_in(struct evbuffer *b, const struct evbuffer_cb_info *i, void *arg) {
+  (void)b;
+  if (i->n_added) mesh_metrics_inc(((tcp_track *)arg)->rd, i->n_added);
+}
+
+static void on_out(struct evbuffer *b, const struct evbuffer_cb_info *i, void *arg) {
+  (void)b;
+  if (i->n_deleted) mesh_metrics_inc(((tcp_track *)arg)->wr, i->n_deleted);
+}
+
+/* lv: direction, peer, tls, client_id, server_id, target_addr (copied
+ * where they do not outlive the call: server_id and target_addr). */
+static void track_open(tcp_track *t, mesh_proxy *p, struct bufferevent *bev, const char **lv) {
+  t->p = p;
+  t->bev = bev;
+  snprintf(t->server_id, sizeof t->server_id, "%s", lv[4]);
+  snprintf(t->target, sizeof t->target, "%s", lv[5]);
+  for (int i = 0; i < 4; i++) t->lv[i] = lv[i];
+  t->lv[4] = t->server_id;
+  t->lv[5] = t->target;
+  mesh_metric_series *open;
+  if (mesh_metrics_series(p->m.open_total, t->lv, 6, &open) == 0) {
+    mesh_metrics_inc(open, 1);
+    mesh_metrics_series_unref(open);
+  }
+  if (mesh_metrics_series(p->m.open_conns, t->lv, 6, &t->conns) == 0) mesh_metrics_inc(t->conns, 1);
+  (void)mesh_metrics_series(p->m.read_bytes, t->lv, 6, &t->rd);
+  (void)mesh_metrics_series(p->m.write_bytes, t->lv, 6, &t->wr);
+  t->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_in, t);
+  t->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), on_out, t);
+}
+
+/* Before the bufferevent goes. */
+static void track_close(tcp_track *t, const char *err) {
+  if (!t->p) return;
+  if (t->in_cb) evbuffer_remove_cb_entry(bufferevent_get_input(t->bev), t->in_cb);
+  if (t->out_cb) evbuffer_remove_cb_entry(bufferevent_get_output(t->bev), t->out_cb);
+  const char *v[7] = {t->lv[0], t->lv[1], t->lv[2], t->lv[3], t->lv[4], t->lv[5], err};
+  mesh_metric_series *cl;
+  if (mesh_metrics_series(t->p->m.close_total, v, 7, &cl) == 0) {
+    mesh_metrics_inc(cl, 1);
+    mesh_metrics_series_unref(cl);
+  }
+  mesh_metrics_dec(t->conns, 1);
+  mesh_metrics_series_unref(t->conns);
+  mesh_metrics_series_unref(t->rd);
+  mesh_metrics_series_unref(t->wr);
+  t->p = NULL;
+}
+
+/* The pools' connections (peer="dst"); the observer's ud is a pool_side. */
+
+static void *pool_open(void *ud, struct bufferevent *bev, const pool_key *k) {
+  pool_side *ps = ud;
+  tcp_track *t = mesh__calloc(ps->p->ctx, 1, sizeof *t);
+  if (!t) return NULL;
+  char target[64];
+  mesh__proxy_addr_format((const struct sockaddr *)&k->addr, target, sizeof target);
+  const char *lv[6] = {ps->direction, "dst", k->identity ? "true" : "no_identity", "",
+                       k->identity ? k->identity : "", target};
+  track_open(t, ps->p, bev, lv);
+  return t;
+}
+
+static void pool_close(void *ud, void *token, const char *err) {
+  pool_side *ps = ud;
+  track_close(token, err);
+  mesh__free(ps->p->ctx, token);
+}
+
+/* ---- Exchanges ---------------------------------------------------------------------- */
+
+static void pick_done(hreq *r, int success) {
+  if (!r->ep) return;
+  mesh_balance_done(r->ep, mesh__proxy_now_ns(), r->start_ns, success,
+                    mesh__proxy_rand(r->sv->p));
+  r->ep = NULL;
+  mesh__proxy_snapshot_unref(r->snap);
+  r->snap = NULL;
+}
+
+static void upstream_release(hreq *r) {
+  if (r->us) {
+    mh_stream_reset(r->us, 0);
+    r->us = NULL;
+  }
+  if (r->uc) {
+    mesh__pool_done(r->pool, r->uc);
+    r->uc = NULL;
+  }
+}
+
+static void req_free(hreq *r) {
+  hsrv *sv = r->sv;
+  mesh_ctx *ctx = sv->p->ctx;
+  if (r->w) mesh__pool_cancel(r->w);
+  upstream_release(r);
+  if (r->ss) mh_stream_reset(r->ss, 0);
+  pick_done(r, 1); /* abandoned by the caller: not the endpoint's failure */
+  if (r->timer) event_free(r->timer);
+  mh_head_clear(&r->req);
+  mh_head_clear(&r->trailers[REQ]);
+  mh_head_clear(&r->trailers[RSP]);
+  if (r->prev) r->prev->next = r->next;
+  else sv->reqs = r->next;
+  if (r->next) r->next->prev = r->prev;
+  mesh__free(ctx, r);
+}
+
+/* Answer the caller ourselves (502, 503, 504, ...), naming why in
+ * l5d-proxy-error; the rest of the request body is read and dropped. */
+static void fail(hreq *r, int status, const char *error, const char *why) {
+  mesh_proxy *p = r->sv->p;
+  mesh__log(p->ctx, MESH_LOG_INFO, "%s %s %s%s: %d %s (%s)", r->sv->inbound ? "inbound" : "outbound",
+            r->req.method ? r->req.method : "?", r->authority, r->req.path ? r->req.path : "",
+            status, error, why);
+  if (r->w) {
+    mesh__pool_cancel(r->w);
+    r->w = NULL;
+  }
+  upstream_release(r);
+  if (r->head_sent) { /* too late for an answer: the caller sees a reset */
+    count_response(r, NULL, error);
+    mh_stream_reset(r->ss, 0);
+    r->ss = NULL;
+    req_free(r);
+    return;
+  }
+  r->head_sent = 1;
+  r->status = status;
+  observe_latency(r);
+  count_response(r, NULL, error);
+  char msg[400];
+  snprintf(msg, sizeof msg, "%s: %s", error, why);
+  r->discard = 1;
+  if (r->buf[REQ]) {
+    size_t n = evbuffer_get_length(r->buf[REQ]);
+    evbuffer_drain(r->buf[REQ], n);
+    mh_stream_consumed(r->ss, n);
+  }
+  if (mh_respond_error(r->ss, &r->req, status, msg)) req_free(r);
+}
+
+/* Move what a body buffer holds to the other side while it has room, and
+ * end that side once the source has ended and drained. */
+static void pump(hreq *r, int d) {
+  mh_stream *from = d == REQ ? r->ss : r->us, *to = d == REQ ? r->us : r->ss;
+  if (!to || r->sent_end[d]) return;
+  if (d == RSP && !r->head_sent) return;
+  struct evbuffer *b = r->buf[d];
+  size_t n = b ? evbuffer_get_length(b) : 0;
+  if (n && mh_stream_pending(to) < r->sv->p->http_window) {
+    if (mh_stream_send_data(to, b, 0)) {
+      fail(r, 502, "io", "could not forward the body");
+      return;
+    }
+    if (from) mh_stream_consumed(from, n);
+    n = 0;
+  }
+  if (r->ended[d] && n == 0) {
+    r->sent_end[d] = 1;
+    mh_stream_send_end(to, r->trailers[d].n ? &r->trailers[d] : NULL);
+  }
+}
+
+/* ---- The server side (the caller) ---------------------------------------------------- */
+
+static void ss_on_data(mh_stream *s, struct evbuffer *buf, void *ud) {
+  hreq *r = ud;
+  r->buf[REQ] = buf;
+  if (r->discard) {
+    size_t n = evbuffer_get_length(buf);
+    evbuffer_drain(buf, n);
+    mh_stream_consumed(s, n);
+    return;
+  }
+  pump(r, REQ);
+}
+
+static void ss_on_end(mh_stream *s, mh_head *trailers, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  r->ended[REQ] = 1;
+  if (trailers && !r->discard) mh_head_copy(r->sv->p->ctx, &r->trailers[REQ], trailers);
+  if (!r->discard) pump(r, REQ);
+}
+
+static void ss_on_reset(mh_stream *s, int err, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  r->ss = NULL;
+  if (err && !r->counted) count_response(r, NULL, "caller_reset");
+  req_free(r);
+}
+
+static void ss_on_drain(mh_stream *s, void *ud) {
+  (void)s;
+  pump(ud, RSP);
+}
+
+static const mh_stream_cbs ss_cbs = {.on_data = ss_on_data, .on_end = ss_on_end,
+                                     .on_reset = ss_on_reset, .on_drain = ss_on_drain};
+
+/* ---- The upstream side -------------------------------------------------------------------- */
+
+static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  if (h->status < 200) return; /* interim: the caller's codec sends its own 100 Continue */
+  event_del(r->timer);
+  r->status = h->status;
+  observe_latency(r);
+  pick_done(r, h->status < 500);
+  mesh_ctx *ctx = r->sv->p->ctx;
+  mh_head_del(ctx, h, "l5d-orig-proto");
+  r->head_sent = 1;
+  const char *grpc = mh_head_get(h, "grpc-status"); /* trailers-only answers */
+  if (end_stream) {
+    r->ended[RSP] = r->sent_end[RSP] = 1;
+    count_response(r, grpc, "");
+  }
+  if (mh_stream_send_head(r->ss, h, end_stream)) {
+    fail(r, 502, "io", "could not forward the response");
+    return;
+  }
+  pump(r, RSP);
+}
+
+static void us_on_data(mh_stream *s, struct evbuffer *buf, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  r->buf[RSP] = buf;
+  pump(r, RSP);
+}
+
+static void us_on_end(mh_stream *s, mh_head *trailers, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  r->ended[RSP] = 1;
+  if (trailers) mh_head_copy(r->sv->p->ctx, &r->trailers[RSP], trailers);
+  count_response(r, trailers ? mh_head_get(trailers, "grpc-status") : NULL, "");
+  pump(r, RSP);
+}
+
+static void us_on_reset(mh_stream *s, int err, void *ud) {
+  hreq *r = ud;
+  (void)s;
+  r->us = NULL;
+  if (r->uc) {
+    mesh__pool_done(r->pool, r->uc);
+    r->uc = NULL;
+  }
+  if (err == MH_OK) return;
+  pick_done(r, 0);
+  fail(r, 502, err == MH_ERR_REFUSED ? "upstream_refused" : "upstream_reset",
+       err == MH_ERR_PROTOCOL ? "the upstream broke the HTTP protocol"
+       : err == MH_ERR_LIMIT  ? "the upstream's response head is over the limit"
+                              : "the upstream closed or reset the stream");
+}
+
+static void us_on_drain(mh_stream *s, void *ud) {
+  (void)s;
+  pump(ud, REQ);
+}
+
+static const mh_stream_cbs us_cbs = {.on_head = us_on_head, .on_data = us_on_data,
+                                     .on_end = us_on_end, .on_reset = us_on_reset,
+                                     .on_drain = us_on_drain};
+
+/* ---- Forwarding ------------------------------------------------------------------------------ */
+
+static void start_upstream(hreq *r, mh_conn *c) {
+  int end = r->ended[REQ] && (!r->buf[REQ] || !evbuffer_get_length(r->buf[REQ])) &&
+            !r->trailers[REQ].n;
+  int rc = mh_client_request(c, &r->req, end, &us_cbs, r, &r->us);
+  if (rc) {
+    fail(r, 502, "connect_error", "the connection could not take the request");
+    return;
+  }
+  r->uc = c;
+  if (end) r->sent_end[REQ] = 1;
+  pump(r, REQ);
+}
+
+static void on_pool(void *ud, mh_conn *c, int err, const char *code, const char *why) {
+  hreq *r = ud;
+  r->w = NULL;
+  if (c) {
+    start_upstream(r, c);
+    return;
+  }
+  pick_done(r, 0);
+  fail(r, err == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg) {
+  hreq *r = arg;
+  (void)fd;
+  (void)what;
+  pick_done(r, 0);
+  fail(r, 504, "response_timeout", "no response within the response timeout");
+}
+
+static void forward(hreq *r, const pool_key *k) {
+  mesh_proxy *p = r->sv->p;
+  mesh__proxy_addr_format((const struct sockaddr *)&k->addr, r->target, sizeof r->target);
+  count_request(r);
+  if (p->o->response_ms) mesh__proxy_timer(r->timer, p->o->response_ms);
+  mh_conn *c = NULL;
+  const char *code = NULL, *why = NULL;
+  int rc = mesh__pool_get(r->pool, k, on_pool, r, &c, &r->w, &code, &why);
+  if (rc) {
+    pick_done(r, 0);
+    fail(r, rc == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
+    return;
+  }
+  if (c) start_upstream(r, c);
+}
+
+static uint16_t port_of(const char *authority) {
+  const char *colon = strrchr(authority, ':');
+  if (!colon || strchr(colon, ']')) return 0;
+  return (uint16_t)atoi(colon + 1);
+}
+
+/* The logical destination of an outbound request: l5d-dst-override, else
+ * the listener's (port map, or the original destination in transparent
+ * mode), else the request's authority with the scheme's default port. */
+static void logical_dst(hreq *r, char *key, size_t cap) {
+  const char *o = mh_head_get(&r->req, "l5d-dst-override");
+  const char *a = r->req.authority ? r->req.authority : "";
+  if (o) snprintf(key, cap, "%s", o);
+  else if (*r->sv->key) snprintf(key, cap, "%s", r->sv->key);
+  else if (port_of(a)) snprintf(key, cap, "%s", a);
+  else snprintf(key, cap, "%s:%s", a, r->req.scheme && !strcmp(r->req.scheme, "https") ? "443" : "80");
+  for (char *c = key; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+}
+
+static void route_outbound(hreq *r) {
+  mesh_proxy *p = r->sv->p;
+  mesh_ctx *ctx = p->ctx;
+  char key[300];
+  logical_dst(r, key, sizeof key);
+  snprintf(r->authority, sizeof r->authority, "%s", r->req.authority ? r->req.authority : key);
+  mh_head_del(ctx, &r->req, "l5d-dst-override");
+  int h1 = r->req.version != MH_V2;
+  pool_key k = {0};
+  proxy_snapshot *s = p->snap;
+  size_t svc;
+  if (s && mesh_proxy_endpoints_find(s->eps, key, &svc) == 0) {
+    mesh_endpoint *ep;
+    if (mesh_balance_pick(s->bal[svc], mesh__proxy_now_ns(), mesh__proxy_rand(p),
+                          mesh__proxy_rand(p), &ep)) {
+      count_request(r);
+      fail(r, 503, "no_endpoints", "every endpoint of the destination is unavailable");
+      return;
+    }
+    size_t i = (size_t)(uintptr_t)mesh_endpoint_userdata(ep);
+    s->refs++;
+    r->snap = s;
+    r->ep = ep;
+    socklen_t len;
+    const struct sockaddr *sa = mesh__proxy_endpoints_sockaddr(s->eps, svc, i, &len);
+    memcpy(&k.addr, sa, len);
+    k.addrlen = len;
+    const char *id = mesh_proxy_endpoints_identity(s->eps, svc, i);
+    if (id) {
+      uint16_t port = mesh_proxy_endpoints_port(s->eps, svc, i);
+      k.identity = id;
+      k.hdr_port = port ? port : port_of(mesh_proxy_endpoints_service(s->eps, svc));
+      k.proto = MH_H2;
+      r->meshed = 1;
+      snprintf(r->server_id, sizeof r->server_id, "%s", id);
+      /* HTTP/1 rides the proxies' HTTP/2 connection; the inbound proxy
+       * restores it (Linkerd's orig-proto upgrade). */
+      if (h1 && mh_head_set(ctx, &r->req, "l5d-orig-proto",
+                            r->req.version == MH_V10 ? "HTTP/1.0" : "HTTP/1.1")) {
+        fail(r, 502, "no_memory", "out of memory");
+        return;
+      }
+    } else {
+      k.proto = h1 ? MH_H1 : MH_H2;
+    }
+  } else if (r->sv->has_dst && !mh_head_get(&r->req, "l5d-dst-override")) {
+    /* Transparent mode, a destination the mesh does not know: straight
+     * there, unmeshed, in the caller's protocol. */
+    memcpy(&k.addr, &r->sv->dst, r->sv->dstlen);
+    k.addrlen = r->sv->dstlen;
+    k.proto = h1 ? MH_H1 : MH_H2;
+  } else {
+    count_request(r);
+    char why[360];
+    snprintf(why, sizeof why, "%s is not a known destination", key);
+    fail(r, 503, "unknown_destination", why);
+    return;
+  }
+  if (!r->req.authority && mh_head_setstr(ctx, &r->req, &r->req.authority, key)) {
+    fail(r, 502, "no_memory", "out of memory");
+    return;
+  }
+  if (!r->req.scheme) mh_head_setstr(ctx, &r->req, &r->req.scheme, "http");
+  r->pool = p->out_pool;
+  forward(r, &k);
+}
+
+static void route_inbound(hreq *r) {
+  mesh_proxy *p = r->sv->p;
+  mesh_ctx *ctx = p->ctx;
+  hsrv *sv = r->sv;
+  snprintf(r->authority, sizeof r->authority, "%s", r->req.authority ? r->req.authority : "");
+  /* The caller's identity as this proxy verified it, and nothing else:
+   * a value set by anyone upstream is dropped. */
+  mh_head_del(ctx, &r->req, "l5d-client-id");
+  if (*sv->peer_id && mh_head_add(ctx, &r->req, "l5d-client-id", sv->peer_id)) {
+    fail(r, 502, "no_memory", "out of memory");
+    return;
+  }
+  pool_key k = {0};
+  const char *orig = mh_head_get(&r->req, "l5d-orig-proto");
+  k.proto = MH_H2;
+  if (orig && (!strcasecmp(orig, "HTTP/1.1") || !strcasecmp(orig, "HTTP/1.0"))) {
+    r->req.version = strcasecmp(orig, "HTTP/1.0") ? MH_V11 : MH_V10;
+    k.proto = MH_H1;
+  }
+  mh_head_del(ctx, &r->req, "l5d-orig-proto");
+  struct sockaddr_in *sin = (struct sockaddr_in *)&k.addr;
+  sin->sin_family = AF_INET;
+  sin->sin_port = htons(sv->port);
+  sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  k.addrlen = sizeof *sin;
+  r->pool = p->in_pool;
+  forward(r, &k);
+}
+
+static void on_request(mh_conn *c, mh_stream *s, mh_head *req, int end_stream, void *ud) {
+  hsrv *sv = ud;
+  mesh_proxy *p = sv->p;
+  (void)c;
+  hreq *r = mesh__calloc(p->ctx, 1, sizeof *r);
+  if (!r || !(r->timer = evtimer_new(p->base, on_timeout, r)) ||
+      mh_head_copy(p->ctx, &r->req, req)) {
+    if (r) {
+      if (r->timer) event_free(r->timer);
+      mesh__free(p->ctx, r);
+    }
+    mh_stream_reset(s, 1);
+    return;
+  }
+  mh_head_init(&r->trailers[REQ]);
+  mh_head_init(&r->trailers[RSP]);
+  r->sv = sv;
+  r->ss = s;
+  r->start_ns = mesh__proxy_now_ns();
+  r->ended[REQ] = end_stream ? 1 : 0;
+  r->next = sv->reqs;
+  if (sv->reqs) sv->reqs->prev = r;
+  sv->reqs = r;
+  mh_stream_set_cbs(s, &ss_cbs, r);
+  if (sv->inbound) route_inbound(r);
+  else route_outbound(r);
+}
+
+/* ---- Connections ------------------------------------------------------------------------------ */
+
+static void sv_free(hsrv *sv, const char *err) {
+  mesh_proxy *p = sv->p;
+  while (sv->reqs) req_free(sv->reqs);
+  track_close(&sv->trk, err);
+  if (sv->prev) sv->prev->next = sv->next;
+  else p->hsrvs = sv->next;
+  if (sv->next) sv->next->prev = sv->prev;
+  mesh__free(p->ctx, sv);
+  mesh__proxy_conn_gone(p);
+}
+
+static void on_close(mh_conn *c, int err, void *ud) {
+  (void)c;
+  hsrv *sv = ud;
+  sv->mc = NULL; /* the codec frees it after this */
+  sv_free(sv, err == MH_OK ? "" : err == MH_ERR_PROTOCOL ? "EPROTO" : "ECONNRESET");
+}
+
+static const mh_conn_cbs sv_cbs = {.on_request = on_request, .on_close = on_close};
+
+static void release_tls(struct bufferevent *bev, void *arg) {
+  (void)bev;
+  mesh_tls_conn_free(arg);
+}
+
+static hsrv *sv_new(mesh_proxy *p, int inbound) {
+  hsrv *sv = mesh__calloc(p->ctx, 1, sizeof *sv);
+  if (!sv) return NULL;
+  sv->p = p;
+  sv->inbound = inbound;
+  sv->next = p->hsrvs;
+  if (p->hsrvs) p->hsrvs->prev = sv;
+  p->hsrvs = sv;
+  p->nconns++;
+  return sv;
+}
+
+/* The accepted connection in tcp_* (peer="src"). */
+static void sv_open(hsrv *sv, struct bufferevent *bev, const char *tls, const char *target) {
+  const char *lv[6] = {sv->inbound ? "inbound" : "outbound", "src", tls, sv->peer_id, "", target};
+  track_open(&sv->trk, sv->p, bev, lv);
+}
+
+void mesh__proxy_http_outbound(mesh_proxy *p, struct bufferevent *bev, int proto, const char *key,
+                               const struct sockaddr *dst, socklen_t dstlen) {
+  hsrv *sv = sv_new(p, 0);
+  if (!sv) {
+    bufferevent_free(bev);
+    return;
+  }
+  snprintf(sv->key, sizeof sv->key, "%s", key ? key : "");
+  if (dst) {
+    memcpy(&sv->dst, dst, dstlen);
+    sv->dstlen = dstlen;
+    sv->has_dst = 1;
+  }
+  bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+  sv_open(sv, bev, "no_identity", sv->key);
+  if (mh_conn_server(p->ctx, bev, proto, &p->http_limits, &sv_cbs, sv, &sv->mc)) {
+    bufferevent_free(bev);
+    sv_free(sv, "ENOMEM");
+  }
+}
+
+void mesh__proxy_http_inbound(mesh_proxy *p, mesh_tls_conn *tls, uint16_t port, const char *peer) {
+  hsrv *sv = sv_new(p, 1);
+  if (!sv) {
+    mesh_tls_conn_free(tls);
+    return;
+  }
+  sv->port = port;
+  snprintf(sv->peer_id, sizeof sv->peer_id, "%s", peer ? peer : "");
+  char target[64];
+  snprintf(target, sizeof target, "127.0.0.1:%u", (unsigned)port);
+  struct bufferevent *bev = mesh_tls_conn_bev(tls);
+  bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+  sv_open(sv, bev, *sv->peer_id ? "true" : "no_identity", target);
+  if (mh_conn_server(p->ctx, bev, MH_H2, &p->http_limits, &sv_cbs, sv, &sv->mc)) {
+    mesh_tls_conn_free(tls);
+    sv_free(sv, "ENOMEM");
+    return;
+  }
+  mh_conn_set_bev_release(sv->mc, release_tls, tls);
+}
+
+void mesh__proxy_http_shutdown(mesh_proxy *p) {
+  for (hsrv *sv = p->hsrvs; sv; sv = sv->next)
+    if (sv->mc) mh_conn_shutdown(sv->mc);
+  if (p->out_pool) mesh__pool_shutdown(p->out_pool);
+  if (p->in_pool) mesh__pool_shutdown(p->in_pool);
+}
+
+void mesh__proxy_http_close_all(mesh_proxy *p) {
+  while (p->hsrvs) {
+    hsrv *sv = p->hsrvs;
+    mh_conn *mc = sv->mc;
+    sv->mc = NULL;
+    sv_free(sv, "");
+    mh_conn_free(mc);
+  }
+}
+
+int mesh__proxy_http_init(mesh_proxy *p) {
+  static const char *const req[] = {"direction", "authority", "target_addr", "tls", "client_id",
+                                    "server_id"};
+  static const char *const rsp[] = {"direction", "authority",      "target_addr", "tls",
+                                    "client_id", "server_id",      "classification",
+                                    "status_code", "grpc_status",  "error"};
+  int rc;
+  if ((rc = mesh_metrics_counter(p->m.reg, "request_total", "Total HTTP requests", req, 6,
+                                 &p->m.req_total)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "response_total", "Total HTTP responses", rsp, 10,
+                                 &p->m.rsp_total)) ||
+      (rc = mesh_metrics_histogram(p->m.reg, "response_latency_ms",
+                                   "Time from a request's head to its response's head, in ms", req,
+                                   6, NULL, 0, &p->m.rsp_latency)))
+    return rc;
+  mh_limits_default(&p->http_limits);
+  p->http_limits.max_head_bytes = p->o->max_head_bytes;
+  p->http_limits.max_fields = p->o->max_fields;
+  p->http_limits.head_timeout_ms = p->o->header_ms;
+  p->http_window = p->http_limits.window_bytes;
+  p->pool_sides[0] = (pool_side){p, "outbound"};
+  p->pool_sides[1] = (pool_side){p, "inbound"};
+  pool_opts po = {.obs = {pool_open, pool_close, &p->pool_sides[0]},
+                  .connect_ms = p->o->connect_ms, .max_idle = 100, .max_conns = 1000,
+                  .max_waiting = 10000, .backoff_min_ns = 100000000u,
+                  .backoff_max_ns = 60000000000u, .limits = p->http_limits};
+  po.limits.idle_timeout_ms = 3000; /* an idle client connection: Linkerd's 3 s */
+  if ((rc = mesh__pool_new(p->ctx, p->base, &po, p->creds, &p->out_pool))) return rc;
+  po.connect_ms = p->o->inbound_connect_ms;
+  po.obs.ud = &p->pool_sides[1];
+  return mesh__pool_new(p->ctx, p->base, &po, NULL, &p->in_pool);
+}
+
+void mesh__proxy_http_free(mesh_proxy *p) {
+  mesh__proxy_http_close_all(p);
+  mesh__pool_free(p->out_pool);
+  mesh__pool_free(p->in_pool);
+  p->out_pool = p->in_pool = NULL;
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Integration: two meshd proxies carry HTTP/1.1, HTTP/2 and gRPC over one mTLS HTTP/2 connection (curl, nghttp, h2load, grpcio); errors and limits.
+set -euo pipefail
+meshd=$(realpath "$1")  # meson may pass paths relative to the build dir
+pki=$(realpath "$2")
+load=$(realpath "$3")
+peers=$(realpath "$4")
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+cd "$tmp"
+
+fail() {
+  echo "FAIL: $*"
+  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+  exit 1
+}
+ok() { echo "ok: $*"; }
+# Debian's interpreter: it has python3-grpcio, and a pyenv shim costs seconds a call.
+PY=/usr/bin/python3
+peer() { timeout 60 "$PY" "$peers" "$@"; }
+WEB=web.default.serviceaccount.identity.linkerd.cluster.local
+CLIENT=client.default.serviceaccount.identity.linkerd.cluster.local
+
+"$pki" "$tmp" client default client server default web >/dev/null
+
+read -r P_APP P_GRPC P_H2APP P_IN P_SADM P_CADM P_OUT P_WEB P_GW P_DEAD P_UNK P_H2 P_CLOSED \
+  <<<"$(timeout 20 "$PY" "$load" free-ports 13)"
+
+timeout 170 "$PY" "$peers" backend "$P_APP" web-v1 >app.log 2>&1 &
+pids+=($!)
+timeout 170 "$PY" "$peers" grpc-server "$P_GRPC" >grpc.log 2>&1 &
+pids+=($!)
+mkdir h2root && echo h2-backend >h2root/index.html
+timeout 170 nghttpd --no-tls -d h2root "$P_H2APP" >h2app.log 2>&1 &
+pids+=($!)
+
+cat >eps.json <<EOF
+{"services": {
+  "web.default.svc.cluster.local:80": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $P_APP}]},
+  "grpc.default.svc.cluster.local:8080": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $P_GRPC}]},
+  "h2.default.svc.cluster.local:80": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $P_H2APP}]},
+  "dead.default.svc.cluster.local:80": {"endpoints": [
+    {"addr": "127.0.0.2:$P_IN", "identity": "$WEB", "port": $P_CLOSED}]},
+  "plain.default.svc.cluster.local:80": {"endpoints": [{"addr": "127.0.0.1:$P_APP"}]}
+}}
+EOF
+
+timeout 170 "$meshd" --identity-dir server --inbound-listen-addr "127.0.0.2:$P_IN" \
+  --outbound-listen-addr "" --admin-listen-addr "127.0.0.2:$P_SADM" \
+  --inbound-ports "$P_APP,$P_GRPC,$P_H2APP,$P_CLOSED" --log-level debug >server.log 2>&1 &
+pids+=($!)
+timeout 170 "$meshd" --identity-dir client --outbound-listen-addr "127.0.0.1:$P_OUT" \
+  --inbound-listen-addr "" --admin-listen-addr "127.0.0.1:$P_CADM" --endpoints eps.json \
+  --outbound-port-map "127.0.0.1:$P_WEB=web.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_GW=grpc.default.svc.cluster.local:8080" \
+  --outbound-port-map "127.0.0.1:$P_DEAD=dead.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_UNK=unknown.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_H2=h2.default.svc.cluster.local:80" \
+  --response-timeout 2s --header-timeout 2s --max-header-bytes 16384 --max-header-fields 50 \
+  --log-level debug >client.log 2>&1 &
+pids+=($!)
+
+wait_http() { # url: until it answers 200
+  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  fail "$1 does not answer"
+}
+wait_http "http://127.0.0.1:$P_CADM/ready"
+wait_http "http://127.0.0.2:$P_SADM/ready"
+wait_http "http://127.0.0.1:$P_APP/"
+for _ in $(seq 100); do nghttp -t 1 "http://127.0.0.1:$P_H2APP/" >/dev/null 2>&1 && break; sleep 0.05; done
+
+cmetrics() { curl -fsS -m 5 "http://127.0.0.1:$P_CADM/metrics" >m.tmp && cat m.tmp; }
+smetrics() { curl -fsS -m 5 "http://127.0.0.2:$P_SADM/metrics" >m.tmp && cat m.tmp; }
+code() { curl -s -o body.tmp -D head.tmp -w '%{http_code}' -m 10 "$@"; }
+perr() { grep -i '^l5d-proxy-error:' head.tmp | tr -d '\r' | cut -d' ' -f2-; }
+
+# ---- HTTP/1.1 through the mesh ------------------------------------------------------
+[ "$(curl -fsS -m 5 "http://127.0.0.1:$P_WEB/")" = web-v1 ] || fail "GET through the mesh"
+curl -fsS -m 5 "http://127.0.0.1:$P_WEB/headers" -H 'l5d-client-id: evil.default.serviceaccount.identity.linkerd.cluster.local' >h.json
+"$PY" - "$CLIENT" <<'EOF' || fail "headers at the app: $(cat h.json)"
+import json, sys
+h = json.load(open("h.json"))
+assert h["l5d-client-id"] == sys.argv[1], h      # the verified identity, never the spoofed one
+assert "l5d-orig-proto" not in h, h               # restored to HTTP/1.1 before the app
+assert h["host"].startswith("127.0.0.1:"), h
+EOF
+ok "HTTP/1.1 GET; l5d-client-id from the verified peer (a spoofed one dropped); orig-proto restored"
+
+head -c 3000000 /dev/urandom >up.bin
+curl -fsS -m 20 -H 'Transfer-Encoding: chunked' --data-binary @up.bin "http://127.0.0.1:$P_WEB/echo" >down.bin
+cmp -s up.bin down.bin || fail "a 3 MB chunked upload did not come back identical"
+curl -fsS -m 20 --data-binary @up.bin "http://127.0.0.1:$P_WEB/echo" >down.bin
+cmp -s up.bin down.bin || fail "a 3 MB content-length upload did not come back identical"
+ok "3 MB bodies both ways, chunked and with a length"
+
+[ "$(curl -fsS -m 5 -I "http://127.0.0.1:$P_WEB/" | tr -d '\r' | grep -ci '^content-length: 7')" = 1 ] ||
+  fail "HEAD lost its content-length"
+c=$(code -H 'Expect: 100-continue' --data-binary @up.bin "http://127.0.0.1:$P_WEB/echo")
+[ "$c" = 200 ] && cmp -s up.bin body.tmp || fail "Expect: 100-continue upload: $c"
+[ "$(code "http://127.0.0.1:$P_WEB/status/503")" = 503 ] || fail "an upstream 503 is not passed on"
+[ -z "$(perr)" ] || fail "an upstream's own 503 must not carry l5d-proxy-error"
+ok "HEAD, Expect: 100-continue, upstream statuses passed on"
+
+peer pipeline "$P_WEB" 20 >pipe.out || fail "pipelining: $(cat pipe.out)"
+ok "$(cat pipe.out)"
+
+# Keep-alive from curl and many clients: one mTLS connection between the proxies.
+for i in $(seq 30); do curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$P_WEB/?n=$i" || fail "request $i"; done
+opened=$(smetrics | grep '^tcp_open_total{direction="inbound",peer="src"' | awk '{s+=$2} END {print s+0}')
+[ "$opened" = 1 ] || fail "the proxies opened $opened connections for 30 HTTP/1 requests (want 1, multiplexed)"
+ok "HTTP/1 requests from 30 connections share one mTLS HTTP/2 connection between the proxies"
+
+# ---- explicit mode: the request names its destination --------------------------------
+[ "$(curl -fsS -m 5 -x "http://127.0.0.1:$P_OUT" http://web.default.svc.cluster.local/)" = web-v1 ] ||
+  fail "absolute-form request to the outbound listener"
+[ "$(curl -fsS -m 5 -H 'Host: web.default.svc.cluster.local' "http://127.0.0.1:$P_OUT/")" = web-v1 ] ||
+  fail "Host-routed request to the outbound listener"
+[ "$(curl -fsS -m 5 -H 'l5d-dst-override: plain.default.svc.cluster.local:80' "http://127.0.0.1:$P_OUT/")" = web-v1 ] ||
+  fail "l5d-dst-override to an unmeshed endpoint"
+ok "explicit mode: absolute-form, Host and l5d-dst-override"
+
+# ---- HTTP/2 and gRPC ---------------------------------------------------------------
+h2=$(nghttp -t 5 -H ":authority: h2.default.svc.cluster.local" "http://127.0.0.1:$P_OUT/index.html") ||
+  fail "nghttp (h2c prior knowledge) through the mesh"
+[ "$h2" = h2-backend ] || fail "nghttp got '$h2'"
+[ "$(curl -fsS -m 5 --http2-prior-knowledge -H 'Host: h2.default.svc.cluster.local' "http://127.0.0.1:$P_OUT/index.html")" = h2-backend ] ||
+  fail "curl --http2-prior-knowledge through the mesh"
+ok "HTTP/2 prior knowledge end to end (nghttp, curl) to an HTTP/2 app"
+peer grpc-client "127.0.0.1:$P_GW" grpc.default.svc.cluster.local:8080 >grpc.out 2>&1 || fail "grpc: $(cat grpc.out)"
+ok "$(cat grpc.out)"
+
+timeout 60 h2load -n 2000 -c 20 -m 10 "http://127.0.0.1:$P_H2/index.html" >h2load.out 2>&1 ||
+  fail "h2load: $(cat h2load.out)"
+grep -q '2000 succeeded, 0 failed, 0 errored' h2load.out || fail "h2load: $(grep requests: h2load.out)"
+timeout 60 h2load --h1 -n 2000 -c 20 "http://127.0.0.1:$P_WEB/" >h2load1.out 2>&1 ||
+  fail "h2load --h1: $(cat h2load1.out)"
+grep -q '2000 succeeded, 0 failed, 0 errored' h2load1.out || fail "h2load --h1: $(grep requests: h2load1.out)"
+ok "h2load: 2000 HTTP/2 requests (20 connections x 10 streams, to nghttpd) and 2000 HTTP/1.1, none failed"
+
+# ---- synthesized errors ------------------------------------------------------------------
+c=$(code "http://127.0.0.1:$P_DEAD/")
+[ "$c" = 502 ] && perr | grep -q connect || fail "refused upstream: $c $(perr)"
+c=$(code "http://127.0.0.1:$P_UNK/")
+[ "$c" = 503 ] && perr | grep -q unknown_destination || fail "unknown destination: $c $(perr)"
+c=$(code -H 'Host: nowhere.default.svc.cluster.local' "http://127.0.0.1:$P_OUT/")
+[ "$c" = 503 ] || fail "explicit mode, unknown authority: $c"
+c=$(code "http://127.0.0.1:$P_WEB/slow/4000")
+[ "$c" = 504 ] && perr | grep -q response_timeout || fail "slow upstream: $c $(perr)"
+ok "502 (refused upstream), 503 (unknown destination), 504 (response timeout), with l5d-proxy-error"
+
+[ "$(peer raw "$P_WEB" 'GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n')" = "HTTP/1.1 400 Bad Request" ] ||
+  fail "malformed header line"
+[ "$(peer big-head "$P_WEB" 20000 10)" = "HTTP/1.1 431 Request Header Fields Too Large" ] ||
+  fail "20 KB of headers over a 16 KiB limit"
+[ "$(peer big-head "$P_WEB" 600 60)" = "HTTP/1.1 431 Request Header Fields Too Large" ] ||
+  fail "60 fields over a limit of 50"
+[ "$(peer slow-head "$P_WEB" 2)" = "HTTP/1.1 408 Request Timeout" ] || fail "a stalled head"
+[ "$(curl -fsS -m 5 "http://127.0.0.1:$P_WEB/")" = web-v1 ] || fail "the proxy after bad input"
+ok "400 malformed, 431 head too large and too many fields, 408 stalled head; serving on"
+
+# HTTP/2 garbage after a valid preface closes only that connection.
+printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x99\x00\x00\x00\x00\x00junk' |
+  timeout 5 "$PY" -c "import socket,sys; s=socket.create_connection(('127.0.0.1',$P_WEB)); s.sendall(sys.stdin.buffer.read()); s.settimeout(3); print(len(s.recv(4096)))" >/dev/null 2>&1 || true
+[ "$(curl -fsS -m 5 --http2-prior-knowledge "http://127.0.0.1:$P_H2/index.html")" = h2-backend ] ||
+  fail "after an HTTP/2 protocol error"
+ok "an HTTP/2 protocol error closes that connection only"
+
+# ---- metrics ------------------------------------------------------------------------------
+cmetrics >client.prom
+smetrics >server.prom
+grep -q "^request_total{direction=\"outbound\",authority=\"127.0.0.1:$P_WEB\".*tls=\"true\".*server_id=\"$WEB\"" client.prom ||
+  fail "outbound request_total: $(grep ^request_total client.prom | head -3)"
+grep -q 'response_total{direction="outbound".*classification="failure",status_code="504".*error="response_timeout"' client.prom ||
+  fail "the 504 in response_total"
+grep -q "^response_total{direction=\"inbound\".*client_id=\"$CLIENT\".*classification=\"success\",status_code=\"200\"" server.prom ||
+  fail "inbound response_total: $(grep ^response_total server.prom | head -3)"
+grep -q '^response_latency_ms_bucket{direction="outbound".*le="5"}' client.prom || fail "response_latency_ms"
+# promtool lints clean but for the abbreviated unit in Linkerd's own name.
+for f in client.prom server.prom; do
+  rc=0
+  promtool check metrics <$f >promtool.out 2>&1 || rc=$?
+  [ $rc -eq 0 ] || [ $rc -eq 3 ] || fail "promtool check metrics ($f) exited $rc: $(cat promtool.out)"
+  others=$(grep -v '^response_latency_ms metric names should not contain abbreviated units$' promtool.out || true)
+  [ -z "$others" ] || fail "promtool ($f): $others"
+done
+ok "request_total, response_total, response_latency_ms with Linkerd's labels; promtool check metrics"
