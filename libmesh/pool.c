@@ -34,6 +34,7 @@ struct pconn {
   mh_conn *mc;
   struct event *timer; /* connect timeout */
   void *token;         /* the observer's */
+  int claimed;         /* fresh: handed to its one request */
 };
 
 struct pool_wait {
@@ -96,8 +97,8 @@ static uint32_t hash(const char *s) {
 static void key_text(const pool_key *k, char *buf, size_t cap) {
   char addr[64];
   mesh__proxy_addr_format((const struct sockaddr *)&k->addr, addr, sizeof addr);
-  snprintf(buf, cap, "%s|%s|%u|%d", addr, k->identity ? k->identity : "", (unsigned)k->hdr_port,
-           k->proto);
+  snprintf(buf, cap, "%s|%s|%u|%d%s", addr, k->identity ? k->identity : "", (unsigned)k->hdr_port,
+           k->proto, k->fresh ? "|fresh" : "");
 }
 
 /* ---- Connections ------------------------------------------------------------------ */
@@ -166,7 +167,7 @@ static void pconn_ready(pconn *pc) {
   if (pc->tls) {
     uint8_t hdr[48];
     size_t n;
-    if (mesh__proxy_header_write(t->k.hdr_port, 1, hdr, sizeof hdr, &n) == 0)
+    if (mesh__proxy_header_write(t->k.hdr_port, !t->k.fresh, hdr, sizeof hdr, &n) == 0)
       bufferevent_write(bev, hdr, n);
   }
   bufferevent_setcb(bev, NULL, NULL, NULL, NULL); /* the codec sets its own */
@@ -287,7 +288,7 @@ static int pconn_open(target *t) {
 /* A ready connection with room for one more request, NULL if none. */
 static pconn *pconn_available(target *t) {
   for (pconn *pc = t->conns; pc; pc = pc->next)
-    if (pc->state == PC_READY && mh_conn_capacity(pc->mc) > 0) return pc;
+    if (pc->state == PC_READY && !pc->claimed && mh_conn_capacity(pc->mc) > 0) return pc;
   return NULL;
 }
 
@@ -304,11 +305,14 @@ static void serve(target *t) {
     pool_fn fn = w->fn;
     void *ud = w->ud;
     mesh__free(t->pl->ctx, w);
+    pc->claimed = t->k.fresh;
     fn(ud, pc->mc, 0, NULL, NULL);
   }
-  /* HTTP/2 multiplexes: a second connection only when the first is full. */
-  if (t->wq && t->nconnecting == 0 && t->nconns < t->pl->o.max_conns && !t->pl->shutting_down)
-    (void)pconn_open(t);
+  /* HTTP/2 multiplexes: a second connection only when the first is full.
+   * Fresh connections: one for each waiting request. */
+  while (t->wq && (t->nconnecting == 0 || (t->k.fresh && t->nconnecting < t->nwait)) &&
+         t->nconns < t->pl->o.max_conns && !t->pl->shutting_down)
+    if (pconn_open(t)) break;
 }
 
 static void on_serve(evutil_socket_t fd, short what, void *arg) {
@@ -328,7 +332,21 @@ static void on_conn_close(mh_conn *c, int err, void *ud) {
   if (t->wq) serve_later(t);
 }
 
-static const mh_conn_cbs conn_cbs = {.on_close = on_conn_close};
+static void on_conn_upgrade(mh_conn *c, struct bufferevent *bev, void *ud) {
+  pconn *pc = ud;
+  mesh_pool *pl = pc->t->pl;
+  mesh_tls_conn *tls = pc->tls;
+  /* The bytes, the socket and the TLS session now belong to the callee. */
+  pc->mc = NULL;
+  pc->tls = NULL;
+  pc->raw = NULL;
+  pconn_free(pc, "");
+  if (pl->o.obs.upgraded) pl->o.obs.upgraded(pl->o.obs.ud, c, bev, tls);
+  else if (tls) mesh_tls_conn_free(tls);
+  else bufferevent_free(bev);
+}
+
+static const mh_conn_cbs conn_cbs = {.on_close = on_conn_close, .on_upgrade = on_conn_upgrade};
 
 /* ---- Targets ------------------------------------------------------------------------- */
 
@@ -454,7 +472,7 @@ void mesh__pool_done(mesh_pool *pl, mh_conn *c) {
   if (!pc) return;
   target *t = pc->t;
   if (pl->shutting_down) {
-    mh_conn_shutdown(c);
+    if (mh_conn_active(c) == 0) mh_conn_close(c);
     return;
   }
   if (t->wq) {
@@ -470,12 +488,15 @@ void mesh__pool_done(mesh_pool *pl, mh_conn *c) {
   }
 }
 
+/* Client connections just stop being handed out and close once their
+ * exchanges are over: a GOAWAY from the client side would tell the peer
+ * nothing it needs. */
 void mesh__pool_shutdown(mesh_pool *pl) {
   pl->shutting_down = 1;
   for (size_t b = 0; b < POOL_BUCKETS; b++)
     for (target *t = pl->buckets[b]; t; t = t->chain)
       for (pconn *pc = t->conns; pc; pc = pc->next)
-        if (pc->state == PC_READY) mh_conn_shutdown(pc->mc);
+        if (pc->state == PC_READY && mh_conn_active(pc->mc) == 0) mh_conn_close(pc->mc);
 }
 
 uint32_t mesh__pool_connections(const mesh_pool *pl) { return pl ? pl->nconns : 0; }

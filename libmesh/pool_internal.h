@@ -21,6 +21,10 @@ typedef struct {
   const char *identity; /* the peer proxy's identity: mTLS; NULL: plain */
   uint16_t hdr_port;    /* meshed: the port the peer proxy forwards to */
   int proto;            /* MH_H1 or MH_H2 (always MH_H2 when meshed) */
+  /* A connection of its own, never shared, for a request that will
+   * upgrade (WebSocket): HTTP/1 end to end, meshed ones through an opaque
+   * transport header ({"port": N}). */
+  int fresh;
 } pool_key;
 
 /* Told of each connection the pool opens (open: once it is ready; token
@@ -29,6 +33,10 @@ typedef struct {
 typedef struct {
   void *(*open)(void *ud, struct bufferevent *bev, const pool_key *k);
   void (*close)(void *ud, void *token, const char *err);
+  /* A fresh connection switched protocols (101): from now on its bytes
+   * are the caller's. bev is its plaintext bufferevent, tls (NULL: plain)
+   * owns bev when set; both now belong to the callee. c is about to go. */
+  void (*upgraded)(void *ud, mh_conn *c, struct bufferevent *bev, mesh_tls_conn *tls);
   void *ud;
 } pool_observer;
 

@@ -510,6 +510,31 @@ static void detect(conn *c) {
   conn_free(c, NULL, 0);
 }
 
+void mesh__proxy_splice(mesh_proxy *p, struct bufferevent *down, struct bufferevent *up,
+                        mesh_tls_conn *tls, const char *target, const char *server_id) {
+  conn *c = conn_new(p, 0);
+  if (!c) {
+    bufferevent_free(down);
+    if (tls) mesh_tls_conn_free(tls);
+    else bufferevent_free(up);
+    return;
+  }
+  c->a.raw = c->a.bev = down;
+  c->b.tls = tls;
+  c->b.bev = up;
+  c->b.raw = tls ? bufferevent_get_underlying(up) : up;
+  c->a.ready = c->b.ready = 1;
+  c->meshed = tls != NULL;
+  snprintf(c->key, sizeof c->key, "%s", target);
+  snprintf(c->target, sizeof c->target, "%s", target);
+  snprintf(c->peer_id, sizeof c->peer_id, "%s", server_id);
+  side_setup(c, &c->a);
+  side_setup(c, &c->b);
+  side_open(&c->a, "outbound", "src", "no_identity", "", "", c->key);
+  side_open(&c->b, "outbound", "dst", tls ? "true" : "no_identity", "", c->peer_id, c->target);
+  start_splice(c);
+}
+
 /* ---- Inbound ------------------------------------------------------------------------------- */
 
 void mesh__proxy_inbound_accept(mesh_proxy *p, proxy_listener *pl, int fd) {

@@ -139,6 +139,11 @@ void mesh__proxy_http_outbound(mesh_proxy *p, struct bufferevent *bev, int proto
                                const struct sockaddr *dst, socklen_t dstlen);
 void mesh__proxy_http_inbound(mesh_proxy *p, mesh_tls_conn *tls, uint16_t port, const char *peer);
 void mesh__proxy_http_shutdown(mesh_proxy *p);
+/* An upgraded HTTP/1 exchange (101) becomes an opaque outbound connection:
+ * down is the application's bufferevent, up the upstream's (owned by tls
+ * when set); both are taken (freed on failure). */
+void mesh__proxy_splice(mesh_proxy *p, struct bufferevent *down, struct bufferevent *up,
+                        mesh_tls_conn *tls, const char *target, const char *server_id);
 void mesh__proxy_http_close_all(mesh_proxy *p);
 
 /* proxy_admin.c */

@@ -20,6 +20,9 @@
 
 enum { REQ = 0, RSP = 1 };
 
+/* Both connections of an upgraded exchange must be handed over by then. */
+#define UPGRADE_MS 5000u
+
 typedef struct hsrv hsrv;
 typedef struct hreq hreq;
 
@@ -68,12 +71,17 @@ struct hreq {
   struct evbuffer *buf[2]; /* the codecs' body buffers: request (from ss), response (from us) */
   mh_head trailers[2];
   unsigned ended[2], sent_end[2];
-  unsigned head_sent : 1, discard : 1, counted : 1, meshed : 1;
+  unsigned head_sent : 1, discard : 1, counted : 1, meshed : 1, upgrading : 1;
+  /* An upgrade (101): each side's connection, handed over, until both are
+   * here and become one spliced byte stream. */
+  struct bufferevent *down_bev, *up_bev;
+  mesh_tls_conn *up_tls;
   int status;
   char authority[300], target[64], server_id[256];
 };
 
 static const mh_stream_cbs ss_cbs, us_cbs;
+static void sv_free(hsrv *sv, const char *err);
 
 /* ---- Metrics ------------------------------------------------------------------- */
 
@@ -230,6 +238,9 @@ static void req_free(hreq *r) {
   if (r->ss) mh_stream_reset(r->ss, 0);
   pick_done(r, 1); /* abandoned by the caller: not the endpoint's failure */
   if (r->timer) event_free(r->timer);
+  if (r->down_bev) bufferevent_free(r->down_bev);
+  if (r->up_tls) mesh_tls_conn_free(r->up_tls);
+  else if (r->up_bev) bufferevent_free(r->up_bev);
   mh_head_clear(&r->req);
   mh_head_clear(&r->trailers[REQ]);
   mh_head_clear(&r->trailers[RSP]);
@@ -321,6 +332,7 @@ static void ss_on_reset(mh_stream *s, int err, void *ud) {
   hreq *r = ud;
   (void)s;
   r->ss = NULL;
+  if (r->upgrading && err == MH_OK) return;
   if (err && !r->counted) count_response(r, NULL, "caller_reset");
   req_free(r);
 }
@@ -338,6 +350,18 @@ static const mh_stream_cbs ss_cbs = {.on_data = ss_on_data, .on_end = ss_on_end,
 static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   hreq *r = ud;
   (void)s;
+  if (h->status == 101 && r->req.upgrade) { /* switching protocols: both sides hand over */
+    event_del(r->timer);
+    r->upgrading = 1; /* the streams end; the exchange waits for both connections */
+    mesh__proxy_timer(r->timer, UPGRADE_MS);
+    r->status = 101;
+    pick_done(r, 1);
+    observe_latency(r);
+    count_response(r, NULL, "");
+    r->head_sent = 1;
+    if (mh_stream_send_head(r->ss, h, 0)) fail(r, 502, "io", "could not forward the 101");
+    return;
+  }
   if (h->status < 200) return; /* interim: the caller's codec sends its own 100 Continue */
   event_del(r->timer);
   r->status = h->status;
@@ -378,6 +402,7 @@ static void us_on_reset(mh_stream *s, int err, void *ud) {
   hreq *r = ud;
   (void)s;
   r->us = NULL;
+  if (r->upgrading && err == MH_OK) return; /* the connection comes next (pool_upgraded) */
   if (r->uc) {
     mesh__pool_done(r->pool, r->uc);
     r->uc = NULL;
@@ -429,6 +454,13 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   hreq *r = arg;
   (void)fd;
   (void)what;
+  if (r->upgrading) { /* a side never handed its connection over */
+    hsrv *sv = r->sv;
+    mesh__log(sv->p->ctx, MESH_LOG_INFO, "outbound %s: upgrade not completed", r->authority);
+    req_free(r);
+    if (!sv->mc) sv_free(sv, "ETIMEDOUT");
+    return;
+  }
   pick_done(r, 0);
   fail(r, 504, "response_timeout", "no response within the response timeout");
 }
@@ -513,12 +545,18 @@ static void route_outbound(hreq *r) {
     } else {
       k.proto = h1 ? MH_H1 : MH_H2;
     }
+    if (r->req.upgrade) { /* a connection of its own, HTTP/1 to the application */
+      k.fresh = 1;
+      k.proto = MH_H1;
+      mh_head_del(ctx, &r->req, "l5d-orig-proto");
+    }
   } else if (r->sv->has_dst && !mh_head_get(&r->req, "l5d-dst-override")) {
     /* Transparent mode, a destination the mesh does not know: straight
      * there, unmeshed, in the caller's protocol. */
     memcpy(&k.addr, &r->sv->dst, r->sv->dstlen);
     k.addrlen = r->sv->dstlen;
     k.proto = h1 ? MH_H1 : MH_H2;
+    k.fresh = r->req.upgrade;
   } else {
     count_request(r);
     char why[360];
@@ -592,6 +630,55 @@ static void on_request(mh_conn *c, mh_stream *s, mh_head *req, int end_stream, v
   else route_outbound(r);
 }
 
+/* ---- Upgrades ----------------------------------------------------------------------------------- */
+
+/* Both sides have switched protocols: one opaque connection from here on. */
+static void maybe_splice(hreq *r) {
+  if (!r->down_bev || !r->up_bev) return;
+  hsrv *sv = r->sv;
+  mesh_proxy *p = sv->p;
+  struct bufferevent *down = r->down_bev, *up = r->up_bev;
+  mesh_tls_conn *tls = r->up_tls;
+  r->down_bev = r->up_bev = NULL;
+  r->up_tls = NULL;
+  mesh__proxy_splice(p, down, up, tls, r->target, r->meshed ? r->server_id : "");
+  req_free(r);
+  if (!sv->mc) { /* its connection was handed over with the request */
+    sv_free(sv, "");
+  }
+}
+
+static void sv_on_upgrade(mh_conn *c, struct bufferevent *bev, void *ud) {
+  hsrv *sv = ud;
+  (void)c;
+  sv->mc = NULL; /* the codec frees it after this */
+  hreq *r = sv->reqs;
+  if (!r) { /* nothing to join it to */
+    bufferevent_free(bev);
+    sv_free(sv, "");
+    return;
+  }
+  r->ss = NULL;
+  r->down_bev = bev;
+  maybe_splice(r);
+}
+
+static void pool_upgraded(void *ud, mh_conn *c, struct bufferevent *bev, mesh_tls_conn *tls) {
+  pool_side *ps = ud;
+  for (hsrv *sv = ps->p->hsrvs; sv; sv = sv->next)
+    for (hreq *r = sv->reqs; r; r = r->next)
+      if (r->uc == c) {
+        r->uc = NULL;
+        r->us = NULL;
+        r->up_bev = bev;
+        r->up_tls = tls;
+        maybe_splice(r);
+        return;
+      }
+  if (tls) mesh_tls_conn_free(tls);
+  else bufferevent_free(bev);
+}
+
 /* ---- Connections ------------------------------------------------------------------------------ */
 
 static void sv_free(hsrv *sv, const char *err) {
@@ -612,7 +699,8 @@ static void on_close(mh_conn *c, int err, void *ud) {
   sv_free(sv, err == MH_OK ? "" : err == MH_ERR_PROTOCOL ? "EPROTO" : "ECONNRESET");
 }
 
-static const mh_conn_cbs sv_cbs = {.on_request = on_request, .on_close = on_close};
+static const mh_conn_cbs sv_cbs = {.on_request = on_request, .on_close = on_close,
+                                   .on_upgrade = sv_on_upgrade};
 
 static void release_tls(struct bufferevent *bev, void *arg) {
   (void)bev;
@@ -718,7 +806,8 @@ int mesh__proxy_http_init(mesh_proxy *p) {
   p->http_window = p->http_limits.window_bytes;
   p->pool_sides[0] = (pool_side){p, "outbound"};
   p->pool_sides[1] = (pool_side){p, "inbound"};
-  pool_opts po = {.obs = {pool_open, pool_close, &p->pool_sides[0]},
+  pool_opts po = {.obs = {.open = pool_open, .close = pool_close, .upgraded = pool_upgraded,
+                          .ud = &p->pool_sides[0]},
                   .connect_ms = p->o->connect_ms, .max_idle = 100, .max_conns = 1000,
                   .max_waiting = 10000, .backoff_min_ns = 100000000u,
                   .backoff_max_ns = 60000000000u, .limits = p->http_limits};

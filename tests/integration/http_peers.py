@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """HTTP peers for meshd's tests: an HTTP/1.1 backend, raw-socket probes, and gRPC (grpcio) server and client."""
+import base64
+import hashlib
 import json
+import os
 import socket
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Backend(BaseHTTPRequestHandler):
@@ -50,7 +56,26 @@ class Backend(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(body)
 
+    def websocket(self):
+        # RFC 6455's handshake; after it the bytes are echoed as they come.
+        accept = base64.b64encode(hashlib.sha1(
+            self.headers["Sec-WebSocket-Key"].encode() + WS_GUID).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            b = self.connection.recv(65536)
+            if not b:
+                break
+            self.connection.sendall(b)
+        self.close_connection = True
+
     def handle_any(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
         body = self.read_body()
         p = self.path
         if p.startswith("/echo"):
@@ -141,6 +166,37 @@ def pipeline(port, n):
     print("pipelined %d in order" % n)
 
 
+def upgrade(port, authority):
+    """A WebSocket handshake, then bytes both ways over the switched connection."""
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (authority, key)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(4096)
+        assert b, "closed during the handshake: %r" % head
+        head += b
+    head, _, rest = head.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 101"), lines[0]
+    h = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    want = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+    assert h.get("sec-websocket-accept") == want, h
+    assert h.get("upgrade", "").lower() == "websocket", h
+    for payload in (b"hello", os.urandom(200000)):
+        s.sendall(payload)
+        got = rest
+        rest = b""
+        while len(got) < len(payload):
+            b = s.recv(65536)
+            assert b, "closed after %d bytes" % len(got)
+            got += b
+        assert got == payload, (len(got), len(payload))
+    s.close()
+    print("websocket: 101 with the right accept key, 5 B and 200 KB echoed over the upgraded connection")
+
+
 def _grpc():
     import grpc  # Debian's python3-grpcio
     return grpc
@@ -217,7 +273,8 @@ def grpc_client(target, authority):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {"backend": backend, "raw": raw, "big-head": big_head, "slow-head": slow_head,
-     "pipeline": pipeline, "grpc-server": grpc_server, "grpc-client": grpc_client}[cmd](*args)
+     "pipeline": pipeline, "upgrade": upgrade, "grpc-server": grpc_server,
+     "grpc-client": grpc_client}[cmd](*args)
 
 
 if __name__ == "__main__":

@@ -113,10 +113,16 @@ ok "HEAD, Expect: 100-continue, upstream statuses passed on"
 peer pipeline "$P_WEB" 20 >pipe.out || fail "pipelining: $(cat pipe.out)"
 ok "$(cat pipe.out)"
 
+peer upgrade "$P_WEB" web.default.svc.cluster.local >ws.out 2>&1 || fail "upgrade: $(cat ws.out)"
+ok "$(cat ws.out)"
+
 # Keep-alive from curl and many clients: one mTLS connection between the proxies.
+inbound_opened() { smetrics | grep '^tcp_open_total{direction="inbound",peer="src"' | awk '{s+=$2} END {print s+0}'; }
+curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$P_WEB/" || fail "warm-up request"
+before=$(inbound_opened)
 for i in $(seq 30); do curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$P_WEB/?n=$i" || fail "request $i"; done
-opened=$(smetrics | grep '^tcp_open_total{direction="inbound",peer="src"' | awk '{s+=$2} END {print s+0}')
-[ "$opened" = 1 ] || fail "the proxies opened $opened connections for 30 HTTP/1 requests (want 1, multiplexed)"
+opened=$(( $(inbound_opened) - before ))
+[ "$opened" = 0 ] || fail "the proxies opened $opened more connections for 30 HTTP/1 requests (want 0: multiplexed)"
 ok "HTTP/1 requests from 30 connections share one mTLS HTTP/2 connection between the proxies"
 
 # ---- explicit mode: the request names its destination --------------------------------
@@ -193,3 +199,17 @@ for f in client.prom server.prom; do
   [ -z "$others" ] || fail "promtool ($f): $others"
 done
 ok "request_total, response_total, response_latency_ms with Linkerd's labels; promtool check metrics"
+
+# ---- graceful shutdown: in-flight requests finish, new connections are refused ----------------
+curl -sS -m 10 -o slow.out -w '%{http_code}' "http://127.0.0.1:$P_WEB/slow/1500" >slow.code 2>&1 &
+SLOW=$!
+sleep 0.5
+[ "$(curl -s -m 2 -X POST -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_CADM/shutdown")" = 200 ] ||
+  fail "POST /shutdown"
+sleep 0.2
+if curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$P_WEB/" 2>/dev/null; then fail "a new connection accepted while draining"; fi
+wait $SLOW || true
+[ "$(cat slow.code)" = 200 ] && [ "$(cat slow.out)" = slow ] || fail "the in-flight request during shutdown: $(cat slow.code)"
+for _ in $(seq 100); do curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$P_CADM/live" 2>/dev/null || break; sleep 0.05; done
+curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$P_CADM/live" 2>/dev/null && fail "meshd did not exit after draining"
+ok "graceful shutdown: the in-flight request finished (200), new connections refused, meshd exited"
