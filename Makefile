@@ -12,8 +12,10 @@ DEPS = meson ninja-build pkg-config gcc g++ python3 \
        libyaml-dev check libpcre2-dev libhttp-parser-dev \
        openssl curl nghttp2-client iproute2 iptables
 TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server
+# Only for `make bench`: the proxies the HTTP benchmark compares meshd with (the tests do not need them).
+BENCH_DEPS = nginx-light haproxy
 
-.PHONY: all deps test-deps build demo test clean
+.PHONY: all deps test-deps build demo test bench clean
 
 all: build
 
@@ -40,6 +42,11 @@ demo: build
 
 test: test-deps $(BUILD)/build.ninja
 	@bash tests/run.sh $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ) $(FUZZ_SECONDS)
+
+# Every benchmark (doc/BENCHMARKS.md); they report figures and never fail on a time.
+bench: build
+	@$(MAKE) --no-print-directory deps EXTRA_DEPS="$(BENCH_DEPS)"
+	meson test -C $(BUILD) --benchmark --verbose
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)

@@ -13,8 +13,10 @@
 #include "diag_internal.h"
 #include "manifest_internal.h"
 #include "node_internal.h"
+#include "policy_internal.h"
 #include "profile_internal.h"
 #include "split_internal.h"
+#include "store_internal.h"
 
 typedef struct {
   int kind;
@@ -23,6 +25,7 @@ typedef struct {
   const mesh__node *node;
   mesh_profile *profile;
   mesh_split *split;
+  mesh__pdoc *pdoc; /* the policy kinds */
 } doc;
 
 struct mesh_manifest {
@@ -166,6 +169,14 @@ static int load_doc(mesh__reader *r, const mesh__node *root, doc *d) {
   switch (k->id) {
   case MESH_KIND_SERVICE_PROFILE: return mesh__profile_compile(r, root, &d->profile);
   case MESH_KIND_TRAFFIC_SPLIT: return mesh__split_compile(r, root, &d->split);
+  case MESH_KIND_SERVER:
+  case MESH_KIND_SERVER_AUTHORIZATION:
+  case MESH_KIND_AUTHORIZATION_POLICY:
+  case MESH_KIND_MESH_TLS_AUTHENTICATION:
+  case MESH_KIND_NETWORK_AUTHENTICATION:
+  case MESH_KIND_HTTP_ROUTE: return mesh__pdoc_compile(r, root, k->id, &d->pdoc);
+  case MESH_KIND_SERVICE:
+  case MESH_KIND_WORKLOAD: return mesh__store_check_doc(r, root, k->id);
   default: check_shape(r, root, k->id); return 0;
   }
 }
@@ -175,6 +186,7 @@ void mesh_manifest_free(mesh_manifest *m) {
   for (size_t i = 0; m->docs && i < m->n; i++) {
     mesh_profile_unref(m->docs[i].profile);
     mesh_split_unref(m->docs[i].split);
+    mesh__pdoc_unref(m->docs[i].pdoc);
   }
   mesh__free(m->ctx, m->docs);
   mesh__node_free_docs(m->ctx, m->roots, m->n);
@@ -202,6 +214,14 @@ int mesh_manifest_load_buffer(mesh_ctx *ctx, const char *file, const char *buf, 
   for (size_t i = 0; i < m->n && rc == 0; i++) {
     rc = load_doc(&r, m->roots[i], &m->docs[i]);
     if (rc == MESH_ERR_PARSE) rc = 0; /* keep going: report every document's problems */
+  }
+  if (rc == 0) {
+    /* Policy checks that need several documents: duplicates, overlapping Servers. */
+    mesh__pdoc **pdocs = mesh__calloc(ctx, m->n ? m->n : 1, sizeof *pdocs);
+    if (!pdocs) rc = MESH_ERR_NOMEM;
+    for (size_t i = 0; pdocs && i < m->n; i++) pdocs[i] = m->docs[i].pdoc;
+    if (pdocs) mesh__policy_check_docs(&r, pdocs, m->n);
+    mesh__free(ctx, pdocs);
   }
   if (rc == 0 && r.nomem) rc = MESH_ERR_NOMEM;
   if (rc == 0 && r.errors) rc = MESH_ERR_PARSE;
@@ -294,6 +314,11 @@ const mesh_profile *mesh_manifest_profile(const mesh_manifest *m, size_t i) {
 const mesh_split *mesh_manifest_split(const mesh_manifest *m, size_t i) {
   const doc *d = at(m, i);
   return d ? d->split : NULL;
+}
+
+mesh__pdoc *mesh__manifest_pdoc(const mesh_manifest *m, size_t i) {
+  const doc *d = at(m, i);
+  return d ? d->pdoc : NULL;
 }
 
 const mesh__node *mesh__manifest_node(const mesh_manifest *m, size_t i) {

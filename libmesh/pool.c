@@ -1,4 +1,4 @@
-/* libmesh pool: client connections per target, shared by requests (HTTP/1 keep-alive, HTTP/2 multiplexed), with connect timeouts and backoff. */
+/* libmesh pool: client connections per target, shared by requests (HTTP/1 keep-alive, HTTP/2 multiplexed), with connect timeouts. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -55,7 +55,6 @@ struct target {
   pool_wait *wq, *wq_tail;
   uint32_t nwait;
   uint32_t fails;
-  uint64_t retry_at_ns;
   const char *last_code;
   char last_why[160];
   int last_err;
@@ -69,24 +68,10 @@ struct mesh_pool {
   mesh_tls_creds *creds;
   target *buckets[POOL_BUCKETS];
   uint32_t nconns;
-  uint64_t rng;
   int shutting_down;
 };
 
 static const mh_conn_cbs conn_cbs;
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t rnd(mesh_pool *pl) {
-  pl->rng ^= pl->rng << 13;
-  pl->rng ^= pl->rng >> 7;
-  pl->rng ^= pl->rng << 17;
-  return pl->rng;
-}
 
 static uint32_t hash(const char *s) {
   uint32_t h = 2166136261u;
@@ -136,17 +121,12 @@ static void fail_waiters(target *t) {
   }
 }
 
-/* A connect or handshake failed: back off before the next attempt, and
- * fail the requests waiting (the balancer picks another endpoint for the
- * next ones). */
+/* A connect or handshake failed: fail the requests waiting (the balancer
+ * counts it against the endpoint and picks another for the next ones). */
 static void pconn_failed(pconn *pc, int err, const char *code, const char *why) {
   target *t = pc->t;
   mesh_pool *pl = t->pl;
   t->fails++;
-  uint64_t b = pl->o.backoff_min_ns;
-  for (uint32_t i = 1; i < t->fails && b < pl->o.backoff_max_ns; i++) b *= 2;
-  if (b > pl->o.backoff_max_ns) b = pl->o.backoff_max_ns;
-  t->retry_at_ns = now_ns() + rnd(pl) % (b + 1); /* full jitter */
   t->last_err = err;
   t->last_code = code;
   snprintf(t->last_why, sizeof t->last_why, "%s", why ? why : code);
@@ -383,7 +363,6 @@ int mesh__pool_new(mesh_ctx *ctx, struct event_base *base, const pool_opts *o,
   pl->base = base;
   pl->o = *o;
   pl->creds = creds;
-  pl->rng = now_ns() | 1;
   *ret = pl;
   return 0;
 }
@@ -426,11 +405,6 @@ int mesh__pool_get(mesh_pool *pl, const pool_key *k, pool_fn fn, void *ud, mh_co
   if (pc) {
     *ret_conn = pc->mc;
     return 0;
-  }
-  if (t->fails && now_ns() < t->retry_at_ns && !t->nconnecting) {
-    *code = t->last_code;
-    *why = t->last_why;
-    return t->last_err;
   }
   if (t->nwait >= pl->o.max_waiting) {
     *code = "pool_full";

@@ -46,8 +46,6 @@ typedef struct {
   uint32_t max_idle;        /* HTTP/1: idle keep-alive connections kept per target */
   uint32_t max_conns;       /* connections per target (open + connecting) */
   uint32_t max_waiting;     /* requests waiting per target for a connection */
-  uint64_t backoff_min_ns;  /* after a failed connect, reconnecting waits this ... */
-  uint64_t backoff_max_ns;  /* ... doubling up to this, with full jitter */
   mh_limits limits;         /* for the connections; idle_timeout_ms closes idle ones */
 } pool_opts;
 
@@ -70,8 +68,10 @@ void mesh__pool_free(mesh_pool *pl);
 
 /* A connection to k for one request. 0 with *ret_conn (start the request
  * now) or with *ret_wait (fn runs later, from the loop, exactly once unless
- * cancelled). While the target backs off after failed connects, or with
- * too many waiting, fails at once: the error, with *code and *why. */
+ * cancelled). With too many waiting, fails at once: the error, with *code
+ * and *why. A target that failed is tried again on demand: the balancer's
+ * failure accrual, not the pool, keeps requests away from a dead endpoint
+ * (and lets its probe through). */
 int mesh__pool_get(mesh_pool *pl, const pool_key *k, pool_fn fn, void *ud, mh_conn **ret_conn,
                    pool_wait **ret_wait, const char **code, const char **why);
 void mesh__pool_cancel(pool_wait *w);

@@ -25,8 +25,10 @@
 #include <mesh/tls.h>
 
 #include "ctx_internal.h"
+#include "discovery_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_internal.h"
+#include "proxy_profiles_internal.h"
 
 /* Linux's netfilter ask for the destination before REDIRECT; both
  * constants are 80 and the kernel headers that define them do not mix
@@ -90,6 +92,14 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
     mesh__free(ctx, o->maps[i].authority);
   }
   mesh__free(ctx, o->endpoints_file);
+  mesh__free(ctx, o->destination_addr);
+  mesh__free(ctx, o->ns);
+  mesh__free(ctx, o->profiles_dir);
+  mesh__free(ctx, o->policy_dir);
+  mesh__free(ctx, o->workload_ns);
+  mesh__free(ctx, o->labels_str);
+  mesh__free(ctx, o->labels_buf);
+  mesh__free(ctx, o->cluster_networks);
   mesh__free(ctx, o->identity_dir);
   mesh__free(ctx, o->cert);
   mesh__free(ctx, o->key);
@@ -169,6 +179,69 @@ int mesh_proxy_opts_add_port_map(mesh_proxy_opts *o, const char *map, const char
 
 int mesh_proxy_opts_set_endpoints_file(mesh_proxy_opts *o, const char *path) {
   return o ? set_str(o->ctx, &o->endpoints_file, path) : MESH_ERR_INVALID;
+}
+
+int mesh_proxy_opts_set_destination_addr(mesh_proxy_opts *o, const char *addr, const char **why) {
+  if (!o) return MESH_ERR_INVALID;
+  if (addr && *addr && strncmp(addr, "localhost:", 10)) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *w = NULL;
+    if (mesh__proxy_addr_parse(addr, 0, &ss, &len, &w)) {
+      if (why) *why = w;
+      return MESH_ERR_PARSE;
+    }
+  }
+  return set_str(o->ctx, &o->destination_addr, addr && *addr ? addr : NULL);
+}
+
+int mesh_proxy_opts_set_namespace(mesh_proxy_opts *o, const char *ns) {
+  if (!o || (ns && strlen(ns) > 253)) return MESH_ERR_INVALID;
+  return set_str(o->ctx, &o->ns, ns && *ns ? ns : NULL);
+}
+
+int mesh_proxy_opts_set_profiles_dir(mesh_proxy_opts *o, const char *dir) {
+  return o ? set_str(o->ctx, &o->profiles_dir, dir) : MESH_ERR_INVALID;
+}
+
+int mesh_proxy_opts_set_policy_dir(mesh_proxy_opts *o, const char *dir) {
+  return o ? set_str(o->ctx, &o->policy_dir, dir) : MESH_ERR_INVALID;
+}
+
+int mesh_proxy_opts_set_workload(mesh_proxy_opts *o, const char *ns, const char *labels,
+                                 const char **why) {
+  if (!o || !ns || !labels) return MESH_ERR_INVALID;
+  if (!mesh_dns_label_valid(ns)) {
+    if (why) *why = "the namespace must be a DNS label";
+    return MESH_ERR_PARSE;
+  }
+  const char *w = NULL;
+  int rc = mesh__proxy_labels_parse(o, labels, &w);
+  if (rc) {
+    if (why) *why = w;
+    return rc;
+  }
+  if (set_str(o->ctx, &o->workload_ns, ns) || set_str(o->ctx, &o->labels_str, labels))
+    return MESH_ERR_NOMEM;
+  return 0;
+}
+
+int mesh_proxy_opts_set_default_inbound_policy(mesh_proxy_opts *o, const char *name,
+                                               const char **why) {
+  if (!o || !name) return MESH_ERR_INVALID;
+  int v = mesh_policy_default_parse(name);
+  if (v <= 0) {
+    if (why)
+      *why = "one of all-unauthenticated, all-authenticated, cluster-authenticated, "
+             "cluster-unauthenticated, deny, audit";
+    return MESH_ERR_PARSE;
+  }
+  o->default_policy = v;
+  return 0;
+}
+
+int mesh_proxy_opts_set_cluster_networks(mesh_proxy_opts *o, const char *cidrs) {
+  return o && cidrs ? set_str(o->ctx, &o->cluster_networks, cidrs) : MESH_ERR_INVALID;
 }
 
 int mesh_proxy_opts_set_identity_dir(mesh_proxy_opts *o, const char *dir) {
@@ -311,6 +384,12 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   if (set_str(ctx, &o->out_addr, s->out_addr) || set_str(ctx, &o->in_addr, s->in_addr) ||
       set_str(ctx, &o->admin_addr, s->admin_addr) ||
       set_str(ctx, &o->endpoints_file, s->endpoints_file) ||
+      set_str(ctx, &o->destination_addr, s->destination_addr) || set_str(ctx, &o->ns, s->ns) ||
+      set_str(ctx, &o->profiles_dir, s->profiles_dir) ||
+      set_str(ctx, &o->policy_dir, s->policy_dir) ||
+      set_str(ctx, &o->workload_ns, s->workload_ns) ||
+      set_str(ctx, &o->labels_str, s->labels_str) ||
+      set_str(ctx, &o->cluster_networks, s->cluster_networks) ||
       set_str(ctx, &o->identity_dir, s->identity_dir) || set_str(ctx, &o->cert, s->cert) ||
       set_str(ctx, &o->key, s->key) || set_str(ctx, &o->anchors, s->anchors) ||
       set_str(ctx, &o->ports, s->ports) || set_str(ctx, &o->opaque, s->opaque))
@@ -329,6 +408,9 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   o->max_conns = s->max_conns;
   o->buffer = s->buffer;
   o->detect_ms = s->detect_ms;
+  o->default_policy = s->default_policy;
+  const char *lwhy;
+  if (o->labels_str && mesh__proxy_labels_parse(o, o->labels_str, &lwhy)) goto nomem;
   o->response_ms = s->response_ms;
   o->inbound_connect_ms = s->inbound_connect_ms;
   o->max_head_bytes = s->max_head_bytes;
@@ -454,6 +536,77 @@ static int endpoints_reload(mesh_proxy *p, int force) {
   return 0;
 }
 
+/* Load the profiles directory when it changed (or when forced). */
+static int profiles_reload(mesh_proxy *p, int force, const char **start_err) {
+  const char *dir = p->o->profiles_dir;
+  if (!dir) return 0;
+  uint64_t stamp = mesh__proxy_dir_stamp(dir);
+  if (!force && stamp == p->prof_stamp) return 0;
+  p->prof_stamp = stamp;
+  mesh_diags *d = NULL;
+  proxy_profiles *t = NULL;
+  const char *why = NULL;
+  int rc = mesh_diags_new(p->ctx, &d);
+  if (!rc) rc = mesh__proxy_profiles_load(p->ctx, dir, d, &t, &why);
+  if (rc) {
+    const char *first = why ? why : d && mesh_diags_count(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc);
+    if (start_err) {
+      snprintf(start_why, sizeof start_why, "profiles %s: %s", dir, first);
+      *start_err = start_why;
+    } else {
+      mesh__log(p->ctx, MESH_LOG_ERROR, "profiles %s rejected, keeping the previous ones: %s%s", dir,
+                first, d && mesh_diags_count(d) > 1 ? " (and more)" : "");
+    }
+    mesh_diags_free(d);
+    return rc;
+  }
+  mesh_diags_free(d);
+  mesh__proxy_profiles_unref(p->profiles); /* requests in flight hold their own reference */
+  p->profiles = t;
+  mesh__log(p->ctx, MESH_LOG_INFO, "profiles %s loaded: %zu destinations", dir, t->n);
+  return 0;
+}
+
+/* Load the policy directory when it changed (or when forced). */
+static int policy_reload(mesh_proxy *p, int force, const char **start_err) {
+  const char *dir = p->o->policy_dir;
+  if (!dir) return 0;
+  uint64_t stamp = mesh__proxy_dir_stamp(dir);
+  if (!force && stamp == p->pol_stamp) return 0;
+  p->pol_stamp = stamp;
+  mesh_diags *d = NULL;
+  mesh_policy *pol = NULL;
+  const char *why = NULL;
+  int rc = mesh_diags_new(p->ctx, &d);
+  if (!rc) rc = mesh__proxy_policy_load(p, d, &pol, &why);
+  if (rc) {
+    const char *first = why ? why : d && mesh_diags_errors(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc);
+    for (size_t i = 0; d && !why && i < mesh_diags_count(d); i++)
+      if (mesh_diags_severity(d, i) == MESH_DIAG_ERROR) {
+        first = mesh_diags_text(d, i);
+        break;
+      }
+    if (start_err) {
+      snprintf(start_why, sizeof start_why, "policy %s: %s", dir, first);
+      *start_err = start_why;
+    } else {
+      mesh__log(p->ctx, MESH_LOG_ERROR, "policy %s rejected, keeping the previous one: %s", dir,
+                first);
+    }
+    mesh_diags_free(d);
+    return rc;
+  }
+  for (size_t i = 0; i < mesh_diags_count(d); i++)
+    mesh__log(p->ctx, MESH_LOG_WARN, "policy: %s", mesh_diags_text(d, i));
+  mesh_diags_free(d);
+  mesh_policy_unref(p->policy); /* requests deciding hold no reference: one thread */
+  p->policy = pol;
+  mesh__log(p->ctx, MESH_LOG_INFO, "policy %s loaded: %zu servers, %zu authorizations, %zu routes",
+            dir, mesh_policy_server_count(pol), mesh_policy_authorization_count(pol),
+            mesh_policy_route_count(pol));
+  return 0;
+}
+
 /* ---- Credentials ------------------------------------------------------------------ */
 
 static void cred_paths(const mesh_proxy *p, char *cert, char *key, char *anchors, size_t cap) {
@@ -550,6 +703,11 @@ out:
     p->ready = 1;
     mesh__log(p->ctx, MESH_LOG_INFO, "credentials loaded: identity %s, valid until %llu",
               p->identity, (unsigned long long)p->not_after);
+    /* mesh-destination speaks HTTP/2 over mTLS: the same identity, ALPN h2. */
+    mesh_tls_config *dc = NULL;
+    if (p->disc && !mesh_tls_opts_set_alpn(o, "h2") && !mesh_tls_config_new(o, &why, &dc))
+      mesh__discovery_set_tls(p->disc, dc, NULL);
+    mesh_tls_config_unref(dc);
   }
   mesh_tls_config_unref(cfg);
   mesh_tls_opts_free(o);
@@ -723,6 +881,8 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   endpoints_reload(p, 0);
+  profiles_reload(p, 0, NULL);
+  policy_reload(p, 0, NULL);
   creds_reload(p, 0);
   mesh__proxy_idle_sweep(p);
   mesh__proxy_timer(p->poll_timer, POLL_MS);
@@ -812,6 +972,7 @@ static int metrics_init(mesh_proxy *p) {
                                NULL, 0, &f)) ||
       (rc = mesh_metrics_series(f, NULL, 0, &p->m.cert_expiry)))
     return rc;
+  if ((rc = mesh__proxy_policy_metrics(p))) return rc;
   return mesh_metrics_process(p->m.reg);
 }
 
@@ -834,6 +995,11 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   if ((rc = metrics_init(p))) goto fail;
   if ((rc = mesh_tls_creds_new(ctx, NULL, &p->creds))) goto fail;
   if ((rc = mesh__proxy_http_init(p))) goto fail;
+  if (p->o->destination_addr) {
+    disc_opts dopt = {.addr = p->o->destination_addr,
+                      .ns = p->o->ns ? p->o->ns : p->o->workload_ns, .reg = p->m.reg};
+    if ((rc = mesh__discovery_new(ctx, base, &dopt, &p->disc))) goto fail;
+  }
   p->poll_timer = evtimer_new(base, on_poll, p);
   p->resume_timer = evtimer_new(base, on_resume, p);
   p->grace_timer = evtimer_new(base, on_grace, p);
@@ -868,6 +1034,7 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
       p->ep_size = st.st_size;
     }
   }
+  if ((rc = profiles_reload(p, 1, why)) || (rc = policy_reload(p, 1, why))) goto fail;
   creds_reload(p, 1); /* missing credentials: not ready yet, not an error */
   if (*p->o->out_addr && (rc = listener_open(p, LST_TRANSPARENT, p->o->out_addr, NULL, why)))
     goto fail;
@@ -898,7 +1065,10 @@ void mesh_proxy_free(mesh_proxy *p) {
   if (p->resume_timer) event_free(p->resume_timer);
   if (p->grace_timer) event_free(p->grace_timer);
   if (p->finish_timer) event_free(p->finish_timer);
+  mesh__discovery_free(p->disc); /* after the requests and connections: they hold its sets */
   mesh__proxy_snapshot_unref(p->snap);
+  mesh__proxy_profiles_unref(p->profiles);
+  mesh_policy_unref(p->policy);
   mesh_tls_creds_free(p->creds);
   mesh_metrics_series_unref(p->m.cert_expiry);
   mesh_metrics_free(p->m.reg);
@@ -908,9 +1078,10 @@ void mesh_proxy_free(mesh_proxy *p) {
 
 int mesh_proxy_reload(mesh_proxy *p) {
   if (!p) return MESH_ERR_INVALID;
-  mesh__log(p->ctx, MESH_LOG_INFO, "reloading the endpoints file and the credentials");
-  int a = endpoints_reload(p, 1), b = creds_reload(p, 1);
-  return a ? a : b;
+  mesh__log(p->ctx, MESH_LOG_INFO, "reloading the endpoints file, the profiles and the credentials");
+  int a = endpoints_reload(p, 1), b = profiles_reload(p, 1, NULL), c = policy_reload(p, 1, NULL),
+      d = creds_reload(p, 1);
+  return a ? a : b ? b : c ? c : d;
 }
 
 int mesh__proxy_listens_on(const mesh_proxy *p, uint16_t port) {

@@ -72,6 +72,7 @@ static void env_json(mesh_proxy *p, struct evhttp_request *req) {
   json_object_set_new(j, "MESH_PROXY_ADMIN_LISTEN_ADDR", json_string(o->admin_addr));
   json_object_set_new(j, "MESH_PROXY_OUTBOUND_PORT_MAP", maps);
   json_object_set_new(j, "MESH_PROXY_ENDPOINTS", str_or_null(o->endpoints_file));
+  json_object_set_new(j, "MESH_PROXY_PROFILES", str_or_null(o->profiles_dir));
   json_object_set_new(j, "MESH_PROXY_IDENTITY_DIR", str_or_null(o->identity_dir));
   json_object_set_new(j, "MESH_PROXY_CERT", str_or_null(o->cert));
   json_object_set_new(j, "MESH_PROXY_KEY", str_or_null(o->key));

@@ -608,6 +608,16 @@ static int read_header(conn *c) {
     conn_free(c, NULL, 0);
     return 0;
   }
+  /* Authorization before a byte reaches the application. */
+  struct sockaddr_storage peer;
+  socklen_t plen = sizeof peer;
+  int have_peer = getpeername(bufferevent_getfd(c->a.raw), (struct sockaddr *)&peer, &plen) == 0;
+  const char *why = NULL;
+  if (mesh__proxy_authorize(p, (uint16_t)v, c->peer_id, have_peer ? (struct sockaddr *)&peer : NULL,
+                            NULL, &why) != MESH_POLICY_ALLOW) {
+    conn_fail(c, "unauthorized", why);
+    return 0;
+  }
   side_open(&c->a, "inbound", "src", id ? "true" : "no_identity", c->peer_id, "", c->target);
   /* The rest waits in the TLS layer (bounded) until the application answers. */
   bufferevent_disable(c->a.bev, EV_READ);

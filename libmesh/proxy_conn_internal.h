@@ -8,6 +8,7 @@
 
 #include <mesh/balance.h>
 #include <mesh/metrics.h>
+#include <mesh/policy.h>
 #include <mesh/proxy.h>
 #include <mesh/tls.h>
 
@@ -27,7 +28,14 @@ struct mesh_proxy_opts {
     char *listen, *authority;
   } maps[MESH_PROXY_PORT_MAPS_MAX];
   size_t nmaps;
-  char *endpoints_file, *identity_dir, *cert, *key, *anchors, *ports;
+  char *endpoints_file, *profiles_dir, *identity_dir, *cert, *key, *anchors, *ports;
+  char *destination_addr, *ns; /* discovery (NULL: the endpoints file only) */
+  /* Inbound policy: the manifests, this workload (namespace, labels), the
+   * default for ports no Server selects, the cluster networks. */
+  char *policy_dir, *workload_ns, *labels_str, *labels_buf, *cluster_networks;
+  mesh_policy_label labels[MESH_PROXY_LABELS_MAX];
+  size_t nlabels;
+  int32_t default_policy;
   int allow_unauth;
   uint32_t connect_ms, header_ms, grace_ms, max_conns, buffer;
   uint32_t detect_ms, response_ms, inbound_connect_ms, max_head_bytes, max_fields;
@@ -82,6 +90,11 @@ struct mesh_proxy {
   char identity[256];
   uint64_t not_after;
   proxy_snapshot *snap;
+  struct mesh_discovery *disc; /* mesh-destination's Get streams (discovery.c); NULL: none */
+  struct proxy_profiles *profiles; /* ServiceProfiles and TrafficSplits (proxy_profiles.c) */
+  uint64_t prof_stamp;
+  mesh_policy *policy; /* inbound authorization (proxy_policy.c); NULL: everything allowed */
+  uint64_t pol_stamp;
   int ep_stat_ok;
   struct timespec ep_mtime;
   ino_t ep_ino;
@@ -99,7 +112,9 @@ struct mesh_proxy {
   struct {
     mesh_metrics *reg;
     mesh_metric_family *open_total, *open_conns, *read_bytes, *write_bytes, *close_total,
-        *in_errors, *out_errors, *req_total, *rsp_total, *rsp_latency;
+        *in_errors, *out_errors, *req_total, *rsp_total, *rsp_latency, *rt_req, *rt_rsp,
+        *rt_latency, *rt_actual_req, *rt_actual_rsp, *rt_retryable, *authz_http_allow,
+        *authz_http_deny, *http_route_not_found, *authz_tcp_allow, *authz_tcp_deny;
     mesh_metric_series *cert_expiry;
   } m;
 };
@@ -145,6 +160,17 @@ void mesh__proxy_http_shutdown(mesh_proxy *p);
 void mesh__proxy_splice(mesh_proxy *p, struct bufferevent *down, struct bufferevent *up,
                         mesh_tls_conn *tls, const char *target, const char *server_id);
 void mesh__proxy_http_close_all(mesh_proxy *p);
+
+/* proxy_policy.c */
+int mesh__proxy_policy_load(mesh_proxy *p, mesh_diags *diags, mesh_policy **ret, const char **why);
+int mesh__proxy_policy_metrics(mesh_proxy *p);
+int mesh__proxy_labels_parse(mesh_proxy_opts *o, const char *s, const char **why);
+/* The inbound decision for a request (req) or a connection (req NULL) to
+ * the local port from the verified client (NULL or "": none) at peer:
+ * MESH_POLICY_ALLOW, _DENY or _NOT_FOUND (with *why), counted in the
+ * inbound_*_authz_* metrics. Allows everything when no policy is loaded. */
+int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
+                          const struct sockaddr *peer, const mh_head *req, const char **why);
 
 /* proxy_admin.c */
 int mesh__proxy_admin_start(mesh_proxy *p, const char **why);

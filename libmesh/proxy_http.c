@@ -13,15 +13,21 @@
 #include <mesh/error.h>
 
 #include "ctx_internal.h"
+#include "discovery_internal.h"
 #include "http_internal.h"
 #include "pool_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_internal.h"
+#include "proxy_profiles_internal.h"
 
 enum { REQ = 0, RSP = 1 };
 
 /* Both connections of an upgraded exchange must be handed over by then. */
 #define UPGRADE_MS 5000u
+/* Request bodies are kept for retries up to this (Linkerd's 64 KiB). */
+#define REPLAY_MAX 65536u
+/* Attempts of one request, whatever the budget says. */
+#define ATTEMPTS_MAX 10u
 
 typedef struct hsrv hsrv;
 typedef struct hreq hreq;
@@ -50,6 +56,7 @@ struct hsrv {
   char key[300];                /* the listener's logical destination ("" explicit mode) */
   uint16_t port;                /* inbound: the local port requests go to */
   char peer_id[256];            /* inbound: the client proxy's identity ("" none) */
+  struct sockaddr_storage peer; /* inbound: the client proxy's address */
   tcp_track trk;
   hreq *reqs;
 };
@@ -65,6 +72,8 @@ struct hreq {
   pool_wait *w;
   mh_head req;
   proxy_snapshot *snap; /* held while ep is */
+  disc_set *dset;       /* or the discovery set ep is from, held while ep is */
+  disc_wait *dw;        /* waiting for discovery's first answer */
   mesh_endpoint *ep;
   uint64_t start_ns;
   struct event *timer;
@@ -76,12 +85,24 @@ struct hreq {
    * here and become one spliced byte stream. */
   struct bufferevent *down_bev, *up_bev;
   mesh_tls_conn *up_tls;
+  /* Outbound routing: the logical destination, its profile and route, the
+   * backend this attempt went to, and what a retry needs. */
+  unsigned h1 : 1, replayable : 1, overridden : 1;
+  uint32_t attempts;
+  uint64_t attempt_ns;
+  proxy_profiles *profiles; /* held while dst and route are used */
+  const proxy_dst *dst;
+  const mesh_route *route;
+  struct evbuffer *replay;  /* the request body so far, while it fits REPLAY_MAX */
+  struct evbuffer *rest;    /* response bytes left when the upstream stream went first */
+  char dst_key[300], backend[300];
   int status;
   char authority[300], target[64], server_id[256];
 };
 
 static const mh_stream_cbs ss_cbs, us_cbs;
 static void sv_free(hsrv *sv, const char *err);
+static int retry(hreq *r);
 
 /* ---- Metrics ------------------------------------------------------------------- */
 
@@ -93,6 +114,50 @@ static void sv_labels(const hreq *r, const char **v) {
   v[3] = sv->inbound ? (*sv->peer_id ? "true" : "no_identity") : (r->meshed ? "true" : "no_identity");
   v[4] = sv->inbound ? sv->peer_id : "";
   v[5] = sv->inbound ? "" : r->server_id;
+}
+
+/* Route metrics, only for destinations with a profile: labels direction,
+ * dst (the logical destination), rt_route ("[DEFAULT]" when none matched). */
+static int rt_labels(const hreq *r, const char **v) {
+  if (!r->dst) return 0; /* a TrafficSplit alone is a profile without routes */
+  v[0] = r->sv->inbound ? "inbound" : "outbound";
+  v[1] = r->dst_key;
+  v[2] = r->route ? mesh_route_name(r->route) : "[DEFAULT]";
+  return 1;
+}
+
+static void rt_inc(hreq *r, mesh_metric_family *f, const char *x, const char *y) {
+  const char *v[5];
+  if (!rt_labels(r, v)) return;
+  v[3] = x;
+  v[4] = y;
+  mesh_metric_series *s;
+  size_t n = 3 + (x != NULL) + (y != NULL);
+  if (mesh_metrics_series(f, v, n, &s) == 0) {
+    mesh_metrics_inc(s, 1);
+    mesh_metrics_series_unref(s);
+  }
+}
+
+/* Failure by the route's response classes (or Linkerd's defaults). */
+static int rt_failure(const hreq *r, int status, const char *grpc) {
+  return mesh_route_classify(r->route, (uint32_t)status, grpc ? (int32_t)atoi(grpc) : -1);
+}
+
+/* An attempt's response: route_actual_response_total. */
+static void rt_actual(hreq *r, int status, const char *grpc) {
+  char code[8];
+  snprintf(code, sizeof code, "%d", status);
+  const char *v[6];
+  if (!rt_labels(r, v)) return;
+  v[3] = r->backend;
+  v[4] = status && !rt_failure(r, status, grpc) ? "success" : "failure";
+  v[5] = status ? code : "";
+  mesh_metric_series *s;
+  if (mesh_metrics_series(r->sv->p->m.rt_actual_rsp, v, 6, &s) == 0) {
+    mesh_metrics_inc(s, 1);
+    mesh_metrics_series_unref(s);
+  }
 }
 
 static void count_request(hreq *r) {
@@ -112,7 +177,7 @@ static void count_response(hreq *r, const char *grpc, const char *error) {
   r->counted = 1;
   char code[8];
   snprintf(code, sizeof code, "%d", r->status);
-  int ok = r->status && r->status < 500 && !*error && (!grpc || strcmp(grpc, "0") == 0);
+  int ok = r->status && !*error && !rt_failure(r, r->status, grpc);
   const char *v[10];
   sv_labels(r, v);
   v[6] = ok ? "success" : "failure";
@@ -125,6 +190,7 @@ static void count_response(hreq *r, const char *grpc, const char *error) {
     mesh_metrics_inc(s, 1);
     mesh_metrics_series_unref(s);
   }
+  rt_inc(r, p->m.rt_rsp, v[6], v[7]);
 }
 
 /* Linkerd's response_latency_ms: from the request's head to the response's. */
@@ -132,8 +198,13 @@ static void observe_latency(hreq *r) {
   const char *v[6];
   sv_labels(r, v);
   mesh_metric_series *s;
+  uint64_t ms = (mesh__proxy_now_ns() - r->start_ns) / 1000000u;
   if (mesh_metrics_series(r->sv->p->m.rsp_latency, v, 6, &s) == 0) {
-    mesh_metrics_observe(s, (mesh__proxy_now_ns() - r->start_ns) / 1000000u);
+    mesh_metrics_observe(s, ms);
+    mesh_metrics_series_unref(s);
+  }
+  if (rt_labels(r, v) && mesh_metrics_series(r->sv->p->m.rt_latency, v, 3, &s) == 0) {
+    mesh_metrics_observe(s, ms);
     mesh_metrics_series_unref(s);
   }
 }
@@ -212,11 +283,13 @@ static void pool_close(void *ud, void *token, const char *err) {
 
 static void pick_done(hreq *r, int success) {
   if (!r->ep) return;
-  mesh_balance_done(r->ep, mesh__proxy_now_ns(), r->start_ns, success,
+  mesh_balance_done(r->ep, mesh__proxy_now_ns(), r->attempt_ns, success,
                     mesh__proxy_rand(r->sv->p));
   r->ep = NULL;
   mesh__proxy_snapshot_unref(r->snap);
   r->snap = NULL;
+  mesh__disc_set_unref(r->dset);
+  r->dset = NULL;
 }
 
 static void upstream_release(hreq *r) {
@@ -234,6 +307,7 @@ static void req_free(hreq *r) {
   hsrv *sv = r->sv;
   mesh_ctx *ctx = sv->p->ctx;
   if (r->w) mesh__pool_cancel(r->w);
+  mesh__discovery_wait_cancel(r->dw);
   upstream_release(r);
   if (r->ss) mh_stream_reset(r->ss, 0);
   pick_done(r, 1); /* abandoned by the caller: not the endpoint's failure */
@@ -241,6 +315,9 @@ static void req_free(hreq *r) {
   if (r->down_bev) bufferevent_free(r->down_bev);
   if (r->up_tls) mesh_tls_conn_free(r->up_tls);
   else if (r->up_bev) bufferevent_free(r->up_bev);
+  if (r->replay) evbuffer_free(r->replay);
+  if (r->rest) evbuffer_free(r->rest);
+  mesh__proxy_profiles_unref(r->profiles);
   mh_head_clear(&r->req);
   mh_head_clear(&r->trailers[REQ]);
   mh_head_clear(&r->trailers[RSP]);
@@ -257,6 +334,8 @@ static void fail(hreq *r, int status, const char *error, const char *why) {
   mesh__log(p->ctx, MESH_LOG_INFO, "%s %s %s%s: %d %s (%s)", r->sv->inbound ? "inbound" : "outbound",
             r->req.method ? r->req.method : "?", r->authority, r->req.path ? r->req.path : "",
             status, error, why);
+  mesh__discovery_wait_cancel(r->dw);
+  r->dw = NULL;
   if (r->w) {
     mesh__pool_cancel(r->w);
     r->w = NULL;
@@ -284,6 +363,20 @@ static void fail(hreq *r, int status, const char *error, const char *why) {
   if (mh_respond_error(r->ss, &r->req, status, msg)) req_free(r);
 }
 
+static int evbuffer_copy(struct evbuffer *dst, struct evbuffer *src);
+
+/* A copy of the request body while it fits: what a retry sends again. */
+static void keep_for_replay(hreq *r, struct evbuffer *b) {
+  if (!r->replay || !r->replayable) return;
+  size_t n = evbuffer_get_length(b);
+  if (evbuffer_get_length(r->replay) + n > REPLAY_MAX) {
+    r->replayable = 0; /* too large to retry: let it go */
+    evbuffer_drain(r->replay, evbuffer_get_length(r->replay));
+    return;
+  }
+  if (evbuffer_copy(r->replay, b)) r->replayable = 0;
+}
+
 /* Move what a body buffer holds to the other side while it has room, and
  * end that side once the source has ended and drained. */
 static void pump(hreq *r, int d) {
@@ -293,6 +386,7 @@ static void pump(hreq *r, int d) {
   struct evbuffer *b = r->buf[d];
   size_t n = b ? evbuffer_get_length(b) : 0;
   if (n && mh_stream_pending(to) < r->sv->p->http_window) {
+    if (d == REQ) keep_for_replay(r, b);
     if (mh_stream_send_data(to, b, 0)) {
       fail(r, 502, "io", "could not forward the body");
       return;
@@ -363,14 +457,19 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
     return;
   }
   if (h->status < 200) return; /* interim: the caller's codec sends its own 100 Continue */
-  event_del(r->timer);
+  const char *grpc = mh_head_get(h, "grpc-status"); /* trailers-only answers */
+  int failed = rt_failure(r, h->status, grpc);
+  rt_actual(r, h->status, grpc);
+  pick_done(r, !failed);
+  /* A failure the caller has not seen yet may be retried (not when its
+   * request is still being sent: then the body is not all here). */
+  if (failed && r->sent_end[REQ] && retry(r)) return;
+  event_del(r->timer); /* timeouts run until the response head, retries included (Linkerd's) */
   r->status = h->status;
   observe_latency(r);
-  pick_done(r, h->status < 500);
   mesh_ctx *ctx = r->sv->p->ctx;
   mh_head_del(ctx, h, "l5d-orig-proto");
   r->head_sent = 1;
-  const char *grpc = mh_head_get(h, "grpc-status"); /* trailers-only answers */
   if (end_stream) {
     r->ended[RSP] = r->sent_end[RSP] = 1;
     count_response(r, grpc, "");
@@ -402,13 +501,28 @@ static void us_on_reset(mh_stream *s, int err, void *ud) {
   hreq *r = ud;
   (void)s;
   r->us = NULL;
+  /* The codec's body buffer goes with its stream: what the caller has not
+   * taken yet moves to one of ours. */
+  if (r->buf[RSP] && r->buf[RSP] != r->rest && evbuffer_get_length(r->buf[RSP])) {
+    if (!r->rest) r->rest = evbuffer_new();
+    if (r->rest) evbuffer_add_buffer(r->rest, r->buf[RSP]);
+  }
+  r->buf[RSP] = r->rest;
+  if (r->ended[RSP]) err = MH_OK; /* the whole response is here: how the stream ends no longer matters */
   if (r->upgrading && err == MH_OK) return; /* the connection comes next (pool_upgraded) */
   if (r->uc) {
     mesh__pool_done(r->pool, r->uc);
     r->uc = NULL;
   }
-  if (err == MH_OK) return;
+  if (err == MH_OK) {
+    pump(r, RSP);
+    return;
+  }
   pick_done(r, 0);
+  if (!r->head_sent) {
+    rt_actual(r, 0, NULL);
+    if (retry(r)) return;
+  }
   fail(r, 502, err == MH_ERR_REFUSED ? "upstream_refused" : "upstream_reset",
        err == MH_ERR_PROTOCOL ? "the upstream broke the HTTP protocol"
        : err == MH_ERR_LIMIT  ? "the upstream's response head is over the limit"
@@ -426,9 +540,26 @@ static const mh_stream_cbs us_cbs = {.on_head = us_on_head, .on_data = us_on_dat
 
 /* ---- Forwarding ------------------------------------------------------------------------------ */
 
+static void dispatch(hreq *r);
+
+/* dst gets a copy of src's bytes (src unchanged). */
+static int evbuffer_copy(struct evbuffer *dst, struct evbuffer *src) {
+  struct evbuffer_ptr pos;
+  evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET);
+  struct evbuffer_iovec v;
+  while (evbuffer_peek(src, -1, &pos, &v, 1) > 0 && v.iov_len) {
+    if (evbuffer_add(dst, v.iov_base, v.iov_len)) return -1;
+    if (evbuffer_ptr_set(src, &pos, v.iov_len, EVBUFFER_PTR_ADD)) break;
+  }
+  return 0;
+}
+
 static void start_upstream(hreq *r, mh_conn *c) {
-  int end = r->ended[REQ] && (!r->buf[REQ] || !evbuffer_get_length(r->buf[REQ])) &&
-            !r->trailers[REQ].n;
+  int retry = r->attempts > 0;
+  /* A retry sends the kept body again; a first attempt what has arrived. */
+  size_t body = retry ? evbuffer_get_length(r->replay)
+                      : r->buf[REQ] ? evbuffer_get_length(r->buf[REQ]) : 0;
+  int end = r->ended[REQ] && !body && !r->trailers[REQ].n;
   int rc = mh_client_request(c, &r->req, end, &us_cbs, r, &r->us);
   if (rc) {
     fail(r, 502, "connect_error", "the connection could not take the request");
@@ -436,7 +567,48 @@ static void start_upstream(hreq *r, mh_conn *c) {
   }
   r->uc = c;
   if (end) r->sent_end[REQ] = 1;
+  if (retry && !end) {
+    struct evbuffer *copy = evbuffer_new();
+    if (!copy || evbuffer_copy(copy, r->replay) ||
+        mh_stream_send_data(r->us, copy, 0) ||
+        mh_stream_send_end(r->us, r->trailers[REQ].n ? &r->trailers[REQ] : NULL)) {
+      if (copy) evbuffer_free(copy);
+      fail(r, 502, "io", "could not send the request again");
+      return;
+    }
+    evbuffer_free(copy);
+    r->sent_end[REQ] = 1;
+    return;
+  }
   pump(r, REQ);
+}
+
+/* Try again on a freshly picked endpoint, when the route is retryable, the
+ * whole request was sent and kept, nothing reached the caller yet, and the
+ * budget allows it (a refusal is counted, skipped="no_budget"). */
+static int retry(hreq *r) {
+  if (!r->route || !mesh_route_is_retryable(r->route) || r->head_sent || r->upgrading) return 0;
+  mesh_proxy *p = r->sv->p;
+  if (!r->replay || !r->replayable || !r->ended[REQ] || r->attempts + 1 >= ATTEMPTS_MAX) {
+    rt_inc(r, p->m.rt_retryable, r->attempts + 1 >= ATTEMPTS_MAX ? "attempts" : "body", NULL);
+    return 0;
+  }
+  if (!mesh_budget_withdraw(mesh__proxy_dst_budget(r->dst, r->route),
+                            mesh__proxy_now_ns() / 1000000u)) {
+    rt_inc(r, p->m.rt_retryable, "no_budget", NULL);
+    return 0;
+  }
+  rt_inc(r, p->m.rt_retryable, "", NULL);
+  if (r->w) {
+    mesh__pool_cancel(r->w);
+    r->w = NULL;
+  }
+  upstream_release(r);
+  pick_done(r, 0);
+  r->attempts++;
+  r->sent_end[REQ] = 0;
+  dispatch(r);
+  return 1;
 }
 
 static void on_pool(void *ud, mh_conn *c, int err, const char *code, const char *why) {
@@ -447,6 +619,8 @@ static void on_pool(void *ud, mh_conn *c, int err, const char *code, const char 
     return;
   }
   pick_done(r, 0);
+  rt_actual(r, 0, NULL);
+  if (retry(r)) return;
   fail(r, err == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
 }
 
@@ -462,19 +636,23 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   pick_done(r, 0);
-  fail(r, 504, "response_timeout", "no response within the response timeout");
+  fail(r, 504, r->route ? "route_timeout" : "response_timeout",
+       r->route ? "the route's timeout expired (retries included)"
+                : "no response within the response timeout");
 }
 
 static void forward(hreq *r, const pool_key *k) {
-  mesh_proxy *p = r->sv->p;
   mesh__proxy_addr_format((const struct sockaddr *)&k->addr, r->target, sizeof r->target);
+  r->attempt_ns = mesh__proxy_now_ns();
   count_request(r);
-  if (p->o->response_ms) mesh__proxy_timer(r->timer, p->o->response_ms);
+  rt_inc(r, r->sv->p->m.rt_actual_req, r->backend, NULL);
   mh_conn *c = NULL;
   const char *code = NULL, *why = NULL;
   int rc = mesh__pool_get(r->pool, k, on_pool, r, &c, &r->w, &code, &why);
   if (rc) {
     pick_done(r, 0);
+    rt_actual(r, 0, NULL);
+    if (retry(r)) return;
     fail(r, rc == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
     return;
   }
@@ -500,18 +678,134 @@ static void logical_dst(hreq *r, char *key, size_t cap) {
   for (char *c = key; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
 }
 
-static void route_outbound(hreq *r) {
+/* A backend's authority: a TrafficSplit names services in the apex's
+ * namespace, dstOverrides name authorities. */
+static void backend_authority(const hreq *r, const mesh_split *sp, size_t i, char *out, size_t cap) {
+  const char *b = mesh_split_backend(sp, i);
+  if (r->dst->split == sp && !strchr(b, '.'))
+    snprintf(out, cap, "%s.%s.svc.cluster.local:%u", b, mesh_split_namespace(sp),
+             (unsigned)port_of(r->dst_key));
+  else snprintf(out, cap, "%s", b);
+}
+
+/* Whether the endpoints file can serve authority now: 1 with the service index. */
+static int has_ready(mesh_proxy *p, const char *authority, size_t *svc) {
+  const proxy_snapshot *s = p->snap;
+  disc_set *ds;
+  if (s && mesh_proxy_endpoints_find(s->eps, authority, svc) == 0)
+    return mesh_balance_ready_count(s->bal[*svc]) > 0;
+  return p->disc && mesh__discovery_find(p->disc, authority, &ds) == DISC_READY &&
+         mesh_balance_ready_count(mesh__disc_set_balance(ds)) > 0;
+}
+
+/* The backend for this attempt: the split's pick by weight; when it has no
+ * ready endpoint, the first other backend with weight that has one. */
+static void pick_backend(hreq *r) {
+  mesh_proxy *p = r->sv->p;
+  snprintf(r->backend, sizeof r->backend, "%s", r->dst_key);
+  const mesh_split *sp = NULL;
+  if (r->dst) sp = r->dst->split ? r->dst->split : mesh_profile_dst_overrides(r->dst->prof);
+  if (!sp || !mesh_split_count(sp)) return;
+  size_t svc, n = mesh_split_count(sp), i = mesh_split_pick(sp, mesh__proxy_rand(p));
+  backend_authority(r, sp, i, r->backend, sizeof r->backend);
+  if (has_ready(p, r->backend, &svc)) return;
+  char alt[300];
+  for (size_t j = 0; j < n; j++) {
+    if (j == i || !mesh_split_weight(sp, j)) continue;
+    backend_authority(r, sp, j, alt, sizeof alt);
+    if (has_ready(p, alt, &svc)) {
+      snprintf(r->backend, sizeof r->backend, "%s", alt);
+      return;
+    }
+  }
+}
+
+/* The pool key of a picked endpoint (k->addr set): meshed when id is given
+ * (mTLS to its proxy, HTTP/2, the transport header naming hdr_port), else
+ * the caller's protocol. -1 when the request was answered. */
+static int endpoint_key(hreq *r, pool_key *k, const char *id, uint16_t hdr_port) {
+  if (id) {
+    snprintf(r->server_id, sizeof r->server_id, "%s", id);
+    k->identity = r->server_id; /* the pool copies it */
+    k->hdr_port = hdr_port;
+    k->proto = MH_H2;
+    r->meshed = 1;
+    /* HTTP/1 rides the proxies' HTTP/2 connection; the inbound proxy
+     * restores it (Linkerd's orig-proto upgrade). */
+    if (r->h1 && !r->req.upgrade &&
+        mh_head_set(r->sv->p->ctx, &r->req, "l5d-orig-proto",
+                    r->req.version == MH_V10 ? "HTTP/1.0" : "HTTP/1.1")) {
+      fail(r, 502, "no_memory", "out of memory");
+      return -1;
+    }
+  } else {
+    k->proto = r->h1 ? MH_H1 : MH_H2;
+  }
+  if (r->req.upgrade) { /* a connection of its own, HTTP/1 to the application */
+    k->fresh = 1;
+    k->proto = MH_H1;
+  }
+  return 0;
+}
+
+/* Discovery answered (or the bounded wait ran out): try the attempt again. */
+static void on_discovered(void *ud, int answered) {
+  hreq *r = ud;
+  r->dw = NULL;
+  if (answered) {
+    dispatch(r);
+    return;
+  }
+  count_request(r);
+  char why[400];
+  snprintf(why, sizeof why, "no answer from the destination service about %s in time", r->backend);
+  fail(r, 503, "unknown_destination", why);
+}
+
+/* The backend through discovery, when the endpoints file does not know it:
+ * DISC_READY with k set, DISC_NOT_FOUND when the control plane does not
+ * know it either (or is over a bound), DISC_PENDING when the request now
+ * waits for a first answer or has been answered. */
+static int discovered(hreq *r, pool_key *k) {
+  mesh_proxy *p = r->sv->p;
+  disc_set *set;
+  int st = mesh__discovery_find(p->disc, r->backend, &set);
+  if (st < 0 || st == DISC_NOT_FOUND) return DISC_NOT_FOUND;
+  if (st == DISC_PENDING) {
+    if (mesh__discovery_wait(p->disc, r->backend, on_discovered, r, &r->dw)) {
+      count_request(r);
+      fail(r, 502, "no_memory", "out of memory");
+    }
+    return DISC_PENDING;
+  }
+  disc_endpoint e;
+  if (mesh__disc_set_pick(set, mesh__proxy_now_ns(), mesh__proxy_rand(p), mesh__proxy_rand(p),
+                          &r->ep, &e)) {
+    count_request(r);
+    fail(r, 503, "no_endpoints", "every endpoint of the destination is unavailable");
+    return DISC_PENDING;
+  }
+  r->dset = set;
+  memcpy(&k->addr, &e.sa, e.len);
+  k->addrlen = e.len;
+  if (endpoint_key(r, k, *e.identity ? e.identity : NULL, e.port ? e.port : port_of(r->backend)))
+    return DISC_PENDING;
+  return DISC_READY;
+}
+
+/* One attempt: a backend, an endpoint of it, and a connection to it. */
+static void dispatch(hreq *r) {
   mesh_proxy *p = r->sv->p;
   mesh_ctx *ctx = p->ctx;
-  char key[300];
-  logical_dst(r, key, sizeof key);
-  snprintf(r->authority, sizeof r->authority, "%s", r->req.authority ? r->req.authority : key);
-  mh_head_del(ctx, &r->req, "l5d-dst-override");
-  int h1 = r->req.version != MH_V2;
   pool_key k = {0};
   proxy_snapshot *s = p->snap;
   size_t svc;
-  if (s && mesh_proxy_endpoints_find(s->eps, key, &svc) == 0) {
+  int drc;
+  pick_backend(r);
+  r->meshed = 0;
+  r->server_id[0] = 0;
+  mh_head_del(ctx, &r->req, "l5d-orig-proto");
+  if (s && mesh_proxy_endpoints_find(s->eps, r->backend, &svc) == 0) {
     mesh_endpoint *ep;
     if (mesh_balance_pick(s->bal[svc], mesh__proxy_now_ns(), mesh__proxy_rand(p),
                           mesh__proxy_rand(p), &ep)) {
@@ -527,50 +821,68 @@ static void route_outbound(hreq *r) {
     const struct sockaddr *sa = mesh__proxy_endpoints_sockaddr(s->eps, svc, i, &len);
     memcpy(&k.addr, sa, len);
     k.addrlen = len;
-    const char *id = mesh_proxy_endpoints_identity(s->eps, svc, i);
-    if (id) {
-      uint16_t port = mesh_proxy_endpoints_port(s->eps, svc, i);
-      k.identity = id;
-      k.hdr_port = port ? port : port_of(mesh_proxy_endpoints_service(s->eps, svc));
-      k.proto = MH_H2;
-      r->meshed = 1;
-      snprintf(r->server_id, sizeof r->server_id, "%s", id);
-      /* HTTP/1 rides the proxies' HTTP/2 connection; the inbound proxy
-       * restores it (Linkerd's orig-proto upgrade). */
-      if (h1 && mh_head_set(ctx, &r->req, "l5d-orig-proto",
-                            r->req.version == MH_V10 ? "HTTP/1.0" : "HTTP/1.1")) {
-        fail(r, 502, "no_memory", "out of memory");
-        return;
-      }
-    } else {
-      k.proto = h1 ? MH_H1 : MH_H2;
-    }
-    if (r->req.upgrade) { /* a connection of its own, HTTP/1 to the application */
-      k.fresh = 1;
-      k.proto = MH_H1;
-      mh_head_del(ctx, &r->req, "l5d-orig-proto");
-    }
-  } else if (r->sv->has_dst && !mh_head_get(&r->req, "l5d-dst-override")) {
+    uint16_t port = mesh_proxy_endpoints_port(s->eps, svc, i);
+    if (endpoint_key(r, &k, mesh_proxy_endpoints_identity(s->eps, svc, i),
+                     port ? port : port_of(mesh_proxy_endpoints_service(s->eps, svc))))
+      return;
+  } else if (p->disc && (drc = discovered(r, &k)) != DISC_NOT_FOUND) {
+    if (drc != DISC_READY) return; /* waiting for discovery's answer, or answered */
+  } else if (r->sv->has_dst && !r->overridden && !strcmp(r->backend, r->sv->key)) {
     /* Transparent mode, a destination the mesh does not know: straight
      * there, unmeshed, in the caller's protocol. */
     memcpy(&k.addr, &r->sv->dst, r->sv->dstlen);
     k.addrlen = r->sv->dstlen;
-    k.proto = h1 ? MH_H1 : MH_H2;
+    k.proto = r->h1 ? MH_H1 : MH_H2;
     k.fresh = r->req.upgrade;
   } else {
     count_request(r);
     char why[360];
-    snprintf(why, sizeof why, "%s is not a known destination", key);
+    snprintf(why, sizeof why, "%s is not a known destination", r->backend);
     fail(r, 503, "unknown_destination", why);
     return;
   }
-  if (!r->req.authority && mh_head_setstr(ctx, &r->req, &r->req.authority, key)) {
+  r->pool = p->out_pool;
+  forward(r, &k);
+}
+
+static void route_outbound(hreq *r) {
+  mesh_proxy *p = r->sv->p;
+  mesh_ctx *ctx = p->ctx;
+  int overridden = mh_head_get(&r->req, "l5d-dst-override") != NULL;
+  logical_dst(r, r->dst_key, sizeof r->dst_key);
+  snprintf(r->authority, sizeof r->authority, "%s", r->req.authority ? r->req.authority : r->dst_key);
+  mh_head_del(ctx, &r->req, "l5d-dst-override");
+  r->overridden = overridden;
+  if ((!r->req.authority && mh_head_setstr(ctx, &r->req, &r->req.authority, r->dst_key)) ||
+      (!r->req.scheme && mh_head_setstr(ctx, &r->req, &r->req.scheme, "http"))) {
     fail(r, 502, "no_memory", "out of memory");
     return;
   }
-  if (!r->req.scheme) mh_head_setstr(ctx, &r->req, &r->req.scheme, "http");
-  r->pool = p->out_pool;
-  forward(r, &k);
+  /* The destination's profile: routes, timeouts, retries, splits. */
+  const char *colon = strrchr(r->dst_key, ':');
+  size_t hlen = colon ? (size_t)(colon - r->dst_key) : strlen(r->dst_key);
+  const proxy_dst *d = mesh__proxy_profiles_find(p->profiles, r->dst_key, hlen);
+  uint64_t timeout = p->o->response_ms;
+  if (d) {
+    r->profiles = p->profiles;
+    r->profiles->refs++;
+    r->dst = d;
+    if (d->prof) {
+      const char *path = r->req.path ? r->req.path : "/";
+      const char *q = strchr(path, '?');
+      r->route = mesh_profile_match(d->prof, r->req.method ? r->req.method : "", path,
+                                    q ? (size_t)(q - path) : strlen(path));
+    }
+    mesh_budget_deposit(mesh__proxy_dst_budget(d, r->route), mesh__proxy_now_ns() / 1000000u);
+    rt_inc(r, p->m.rt_req, NULL, NULL);
+    if (r->route) timeout = mesh_route_timeout_ms(r->route);
+    if (r->route && mesh_route_is_retryable(r->route) && !r->req.upgrade) {
+      r->replay = evbuffer_new();
+      r->replayable = r->replay != NULL;
+    }
+  }
+  if (timeout) mesh__proxy_timer(r->timer, timeout);
+  dispatch(r);
 }
 
 static void route_inbound(hreq *r) {
@@ -593,12 +905,27 @@ static void route_inbound(hreq *r) {
     k.proto = MH_H1;
   }
   mh_head_del(ctx, &r->req, "l5d-orig-proto");
+  /* Authorization, per request, with the policy in force now (a change
+   * applies to connections already open). */
+  const char *why = NULL;
+  int d = mesh__proxy_authorize(p, sv->port, sv->peer_id,
+                                sv->peer.ss_family == AF_UNSPEC ? NULL : (struct sockaddr *)&sv->peer,
+                                &r->req, &why);
+  if (d == MESH_POLICY_DENY) {
+    fail(r, 403, "unauthorized", why);
+    return;
+  }
+  if (d == MESH_POLICY_NOT_FOUND) {
+    fail(r, 404, "route_not_found", why);
+    return;
+  }
   struct sockaddr_in *sin = (struct sockaddr_in *)&k.addr;
   sin->sin_family = AF_INET;
   sin->sin_port = htons(sv->port);
   sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   k.addrlen = sizeof *sin;
   r->pool = p->in_pool;
+  if (p->o->response_ms) mesh__proxy_timer(r->timer, p->o->response_ms);
   forward(r, &k);
 }
 
@@ -620,7 +947,8 @@ static void on_request(mh_conn *c, mh_stream *s, mh_head *req, int end_stream, v
   mh_head_init(&r->trailers[RSP]);
   r->sv = sv;
   r->ss = s;
-  r->start_ns = mesh__proxy_now_ns();
+  r->h1 = req->version != MH_V2;
+  r->start_ns = r->attempt_ns = mesh__proxy_now_ns();
   r->ended[REQ] = end_stream ? 1 : 0;
   r->next = sv->reqs;
   if (sv->reqs) sv->reqs->prev = r;
@@ -754,6 +1082,10 @@ void mesh__proxy_http_inbound(mesh_proxy *p, mesh_tls_conn *tls, uint16_t port, 
   }
   sv->port = port;
   snprintf(sv->peer_id, sizeof sv->peer_id, "%s", peer ? peer : "");
+  socklen_t plen = sizeof sv->peer;
+  struct bufferevent *raw = bufferevent_get_underlying(mesh_tls_conn_bev(tls));
+  if (!raw || getpeername(bufferevent_getfd(raw), (struct sockaddr *)&sv->peer, &plen) != 0)
+    sv->peer.ss_family = AF_UNSPEC;
   char target[64];
   snprintf(target, sizeof target, "127.0.0.1:%u", (unsigned)port);
   struct bufferevent *bev = mesh_tls_conn_bev(tls);
@@ -791,6 +1123,31 @@ int mesh__proxy_http_init(mesh_proxy *p) {
                                     "client_id", "server_id",      "classification",
                                     "status_code", "grpc_status",  "error"};
   int rc;
+  static const char *const rt[] = {"direction", "dst", "rt_route", "classification",
+                                   "status_code"};
+  static const char *const rt_actual[] = {"direction", "dst", "rt_route", "dst_service",
+                                          "classification", "status_code"};
+  static const char *const rt_retry[] = {"direction", "dst", "rt_route", "skipped"};
+  if ((rc = mesh_metrics_counter(p->m.reg, "route_request_total",
+                                 "Requests per ServiceProfile route, as the caller made them", rt, 3,
+                                 &p->m.rt_req)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "route_response_total",
+                                 "Responses per route, as the caller saw them (after retries)", rt,
+                                 5, &p->m.rt_rsp)) ||
+      (rc = mesh_metrics_histogram(p->m.reg, "route_response_latency_ms",
+                                   "Time to a route's response head, retries included, in ms", rt,
+                                   3, NULL, 0, &p->m.rt_latency)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "route_actual_request_total",
+                                 "Requests per route as sent, retries included, per backend",
+                                 rt_actual, 4, &p->m.rt_actual_req)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "route_actual_response_total",
+                                 "Responses per route per attempt, per backend", rt_actual, 6,
+                                 &p->m.rt_actual_rsp)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "route_retryable_total",
+                                 "Failed requests of retryable routes: retried (skipped=\"\") or "
+                                 "not, and why (no_budget, body, attempts)",
+                                 rt_retry, 4, &p->m.rt_retryable)))
+    return rc;
   if ((rc = mesh_metrics_counter(p->m.reg, "request_total", "Total HTTP requests", req, 6,
                                  &p->m.req_total)) ||
       (rc = mesh_metrics_counter(p->m.reg, "response_total", "Total HTTP responses", rsp, 10,
@@ -809,8 +1166,7 @@ int mesh__proxy_http_init(mesh_proxy *p) {
   pool_opts po = {.obs = {.open = pool_open, .close = pool_close, .upgraded = pool_upgraded,
                           .ud = &p->pool_sides[0]},
                   .connect_ms = p->o->connect_ms, .max_idle = 100, .max_conns = 1000,
-                  .max_waiting = 10000, .backoff_min_ns = 100000000u,
-                  .backoff_max_ns = 60000000000u, .limits = p->http_limits};
+                  .max_waiting = 10000, .limits = p->http_limits};
   po.limits.idle_timeout_ms = 3000; /* an idle client connection: Linkerd's 3 s */
   if ((rc = mesh__pool_new(p->ctx, p->base, &po, p->creds, &p->out_pool))) return rc;
   po.connect_ms = p->o->inbound_connect_ms;

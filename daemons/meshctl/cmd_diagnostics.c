@@ -16,10 +16,15 @@ static void usage(FILE *out) {
   fprintf(out,
           "Diagnose the mesh's state.\n\n"
           "Usage:\n"
-          "  meshctl diagnostics certificates --dir DIR [--certs FILE...] [-o text|json]\n\n"
-          "Subcommands:\n"
+          "  meshctl diagnostics certificates --dir DIR [--certs FILE...] [-o text|json]\n");
+  meshctl_diagnostics_destination_usage(out);
+  fprintf(out,
+          "\nSubcommands:\n"
           "  certificates   list the trust anchors (DIR/ca.crt), the issuer (DIR/issuer.crt)\n"
-          "                 and any given workload certificates, with their expiry\n\n"
+          "                 and any given workload certificates, with their expiry\n");
+  meshctl_diagnostics_destination_help(out);
+  fprintf(out,
+          "\n"
           "Flags of certificates:\n"
           "      --dir DIR           the directory of 'meshctl identity init'\n"
           "      --certs FILE...     PEM files of workload certificates (leaf first, then its\n"
@@ -368,7 +373,7 @@ done:
 static int run(int argc, char **argv) {
   const char *prog = argv[0];
   if (argc < 2) {
-    fprintf(stderr, "%s: give a subcommand: certificates\n\n", prog);
+    fprintf(stderr, "%s: give a subcommand: certificates, endpoints, profile\n\n", prog);
     usage(stderr);
     return MESHCTL_USAGE;
   }
@@ -377,7 +382,8 @@ static int run(int argc, char **argv) {
     usage(stdout);
     return MESHCTL_OK;
   }
-  if (strcmp(name, "certificates") != 0) {
+  bool endpoints = !strcmp(name, "endpoints"), profile = !strcmp(name, "profile");
+  if (strcmp(name, "certificates") != 0 && !endpoints && !profile) {
     fprintf(stderr, "%s: unknown subcommand '%s'\n\n", prog, name);
     usage(stderr);
     return MESHCTL_USAGE;
@@ -385,12 +391,14 @@ static int run(int argc, char **argv) {
   char sub[96];
   snprintf(sub, sizeof sub, "%s %s", prog, name);
   argv[1] = sub;
+  if (endpoints) return meshctl_diagnostics_endpoints(argc - 1, argv + 1, usage);
+  if (profile) return meshctl_diagnostics_profile(argc - 1, argv + 1, usage);
   return certificates(argc - 1, argv + 1);
 }
 
 const meshctl_command meshctl_cmd_diagnostics = {
     .name = "diagnostics",
-    .summary = "check the mesh's certificates for expiry and trust",
+    .summary = "check certificates; show a destination's endpoints and profile",
     .run = run,
     .usage = usage,
 };

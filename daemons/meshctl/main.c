@@ -11,6 +11,7 @@
 static const meshctl_command *const commands[] = {
     &meshctl_cmd_validate,
     &meshctl_cmd_profile,
+    &meshctl_cmd_get,
     &meshctl_cmd_identity, &meshctl_cmd_diagnostics,
     &meshctl_cmd_version,
 };

@@ -25,6 +25,15 @@ extern const meshctl_command meshctl_cmd_validate;
 extern const meshctl_command meshctl_cmd_profile;
 extern const meshctl_command meshctl_cmd_version;
 extern const meshctl_command meshctl_cmd_identity, meshctl_cmd_diagnostics;
+extern const meshctl_command meshctl_cmd_get;
+
+/* diagnostics endpoints / profile (diag_destination.c): clients of
+ * mesh-destination. argv[0] names the subcommand; usage prints the whole
+ * diagnostics help. */
+int meshctl_diagnostics_endpoints(int argc, char **argv, void (*usage)(FILE *));
+int meshctl_diagnostics_profile(int argc, char **argv, void (*usage)(FILE *));
+void meshctl_diagnostics_destination_usage(FILE *out); /* their usage lines */
+void meshctl_diagnostics_destination_help(FILE *out);  /* their descriptions and flags */
 
 /* A context with the default hooks; prints why and returns NULL on failure. */
 mesh_ctx *meshctl_ctx(const char *prog);

@@ -15,7 +15,8 @@ enum {
   OPT_CERT, OPT_KEY, OPT_ANCHORS, OPT_ALLOW_UNAUTH, OPT_INBOUND_PORTS, OPT_CONNECT_TIMEOUT,
   OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL,
   OPT_DETECT_TIMEOUT, OPT_RESPONSE_TIMEOUT, OPT_INBOUND_CONNECT_TIMEOUT, OPT_MAX_HEADER_BYTES,
-  OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS
+  OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS, OPT_PROFILES, OPT_POLICY, OPT_WORKLOAD_NS,
+  OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_DESTINATION, OPT_NAMESPACE
 };
 
 static const struct option LONG[] = {
@@ -24,6 +25,14 @@ static const struct option LONG[] = {
     {"admin-listen-addr", required_argument, NULL, OPT_ADMIN},
     {"outbound-port-map", required_argument, NULL, OPT_PORT_MAP},
     {"endpoints", required_argument, NULL, OPT_ENDPOINTS},
+    {"profiles", required_argument, NULL, OPT_PROFILES},
+    {"destination-addr", required_argument, NULL, OPT_DESTINATION},
+    {"namespace", required_argument, NULL, OPT_NAMESPACE},
+    {"policy", required_argument, NULL, OPT_POLICY},
+    {"workload-namespace", required_argument, NULL, OPT_WORKLOAD_NS},
+    {"workload-labels", required_argument, NULL, OPT_WORKLOAD_LABELS},
+    {"default-inbound-policy", required_argument, NULL, OPT_DEFAULT_POLICY},
+    {"cluster-networks", required_argument, NULL, OPT_CLUSTER_NETWORKS},
     {"identity-dir", required_argument, NULL, OPT_IDENTITY_DIR},
     {"cert", required_argument, NULL, OPT_CERT},
     {"key", required_argument, NULL, OPT_KEY},
@@ -58,6 +67,14 @@ static const struct {
     {OPT_ADMIN, "MESH_PROXY_ADMIN_LISTEN_ADDR"},
     {OPT_PORT_MAP, "MESH_PROXY_OUTBOUND_PORT_MAP"}, /* comma-separated */
     {OPT_ENDPOINTS, "MESH_PROXY_ENDPOINTS"},
+    {OPT_PROFILES, "MESH_PROXY_PROFILES"},
+    {OPT_DESTINATION, "MESH_PROXY_DESTINATION_ADDR"},
+    {OPT_NAMESPACE, "MESH_PROXY_NAMESPACE"},
+    {OPT_POLICY, "MESH_PROXY_POLICY"},
+    {OPT_WORKLOAD_NS, "MESH_PROXY_WORKLOAD_NAMESPACE"},
+    {OPT_WORKLOAD_LABELS, "MESH_PROXY_WORKLOAD_LABELS"},
+    {OPT_DEFAULT_POLICY, "MESH_PROXY_DEFAULT_INBOUND_POLICY"},
+    {OPT_CLUSTER_NETWORKS, "MESH_PROXY_CLUSTER_NETWORKS"},
     {OPT_IDENTITY_DIR, "MESH_PROXY_IDENTITY_DIR"},
     {OPT_CERT, "MESH_PROXY_CERT"},
     {OPT_KEY, "MESH_PROXY_KEY"},
@@ -92,6 +109,14 @@ static void usage(FILE *out) {
           "  --outbound-port-map L=AUTH    listen on L, send to AUTH's endpoints (repeatable)\n"
           "Destinations and identity:\n"
           "  --endpoints FILE              the static endpoints file (JSON; re-read on SIGHUP and change)\n"
+          "  --profiles DIR                ServiceProfiles and TrafficSplits (*.yaml; re-read likewise)\n"
+          "  --destination-addr ADDR       mesh-destination (e.g. 127.0.0.1:8086): discover what the\n"
+          "                                endpoints file does not know\n"
+          "  --namespace NS                this proxy's namespace, for short names (default: default)\n"
+          "  --policy DIR                  inbound authorization: Servers, authorizations, routes\n"
+          "  --workload-namespace NS --workload-labels app=web,...   who this proxy fronts [default]\n"
+          "  --default-inbound-policy P    for ports no Server selects [all-unauthenticated]\n"
+          "  --cluster-networks CIDRS      [10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8]\n"
           "  --identity-dir DIR            DIR/leaf.crt, DIR/key.pem, DIR/ca.crt\n"
           "  --cert FILE --key FILE --anchors FILE   the same, as three files\n"
           "  --inbound-allow-unauthenticated         accept inbound clients without a certificate\n"
@@ -107,7 +132,7 @@ static void usage(FILE *out) {
           "  --log-level error|warn|info|debug [info]\n"
           "Every flag has an environment variable: MESH_PROXY_<FLAG> (e.g.\n"
           "MESH_PROXY_OUTBOUND_LISTEN_ADDR, MESH_PROXY_ENDPOINTS); flags win.\n"
-          "Signals: SIGHUP reloads the endpoints file and credentials; SIGTERM/SIGINT drain and exit.\n");
+          "Signals: SIGHUP reloads the endpoints file, profiles and credentials; SIGTERM/SIGINT drain and exit.\n");
 }
 
 static int parse_duration(const char *s, uint64_t *ms) {
@@ -125,7 +150,10 @@ static int parse_duration(const char *s, uint64_t *ms) {
 }
 
 static int log_level = MESH_LOG_INFO;
-/* The two head limits are set together. */
+/* The workload's namespace and labels are set together, as are the two
+ * head limits. */
+static const char *workload_ns = "default";
+static const char *workload_labels = "";
 static uint32_t head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
 static uint32_t head_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
 
@@ -183,6 +211,18 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     break;
   }
   case OPT_ENDPOINTS: rc = mesh_proxy_opts_set_endpoints_file(o, *arg ? arg : NULL); break;
+  case OPT_PROFILES: rc = mesh_proxy_opts_set_profiles_dir(o, *arg ? arg : NULL); break;
+  case OPT_DESTINATION: rc = mesh_proxy_opts_set_destination_addr(o, arg, &why); break;
+  case OPT_NAMESPACE: rc = mesh_proxy_opts_set_namespace(o, arg); break;
+  case OPT_POLICY: rc = mesh_proxy_opts_set_policy_dir(o, *arg ? arg : NULL); break;
+  case OPT_WORKLOAD_NS:
+  case OPT_WORKLOAD_LABELS:
+    if (opt == OPT_WORKLOAD_NS) workload_ns = arg;
+    else workload_labels = arg;
+    rc = mesh_proxy_opts_set_workload(o, workload_ns, workload_labels, &why);
+    break;
+  case OPT_DEFAULT_POLICY: rc = mesh_proxy_opts_set_default_inbound_policy(o, arg, &why); break;
+  case OPT_CLUSTER_NETWORKS: rc = mesh_proxy_opts_set_cluster_networks(o, arg); break;
   case OPT_IDENTITY_DIR: rc = mesh_proxy_opts_set_identity_dir(o, arg); break;
   case OPT_CERT: *cert = arg; break;
   case OPT_KEY: *key = arg; break;

@@ -9,6 +9,7 @@
 #include <mesh/diag.h>
 #include <mesh/manifest.h>
 #include <mesh/profile.h>
+#include <mesh/policy.h>
 #include <mesh/split.h>
 #include <mesh/retry.h>
 #include <mesh/balance.h>
@@ -17,6 +18,7 @@
 #include <mesh/tls.h>
 #include <mesh/metrics.h>
 #include <mesh/rpc.h>
+#include <mesh/store.h>
 #include <mesh/proxy.h>
 
 #endif

@@ -122,6 +122,45 @@ MESH_API int mesh_proxy_opts_add_port_map(mesh_proxy_opts *o, const char *map, c
  * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
 MESH_API int mesh_proxy_opts_set_endpoints_file(mesh_proxy_opts *o, const char *path);
 
+/* Discovery: mesh-destination's address ("127.0.0.1:8086", "[::1]:8086",
+ * "localhost:8086"; NULL or "": none). Authorities the endpoints file does
+ * not know are looked up through Get streams (doc/meshd.md, Discovery):
+ * plaintext h2c to a loopback address, else mTLS with the proxy's own
+ * credentials, expecting linkerd-destination.<cp-ns>.serviceaccount.identity.<cp-ns>.<td>.
+ * The namespace (NULL: the workload namespace, else "default") is sent as
+ * the context token: the namespace of short names. MESH_ERR_PARSE (with
+ * *why), MESH_ERR_INVALID (ns over 253 bytes), MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_destination_addr(mesh_proxy_opts *o, const char *addr,
+                                                  const char **why);
+MESH_API int mesh_proxy_opts_set_namespace(mesh_proxy_opts *o, const char *ns);
+
+/* ServiceProfiles and TrafficSplits (NULL: none): every *.yaml, *.yml and
+ * *.json file of dir, read at start (a bad set fails mesh_proxy_new), on
+ * mesh_proxy_reload and when a file changes (polled every second); a bad
+ * set later is logged and the previous one kept. MESH_ERR_INVALID,
+ * MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_profiles_dir(mesh_proxy_opts *o, const char *dir);
+
+/* Inbound authorization (Linkerd's policy kinds: Server, ServerAuthorization,
+ * AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication,
+ * HTTPRoute), from every manifest file of dir, read and re-read as the
+ * profiles are. Decisions are for this workload: its namespace and labels
+ * ("app=web,tier=front", at most MESH_PROXY_LABELS_MAX), against the
+ * application port each connection goes to. The default policy for ports
+ * no Server selects is one of Linkerd's names ("all-unauthenticated", the
+ * default, "all-authenticated", "cluster-authenticated",
+ * "cluster-unauthenticated", "deny", "audit"); cluster networks are CIDRs
+ * ("10.0.0.0/8,..."; Linkerd's by default). Without a policy directory
+ * every peer is allowed. MESH_ERR_PARSE (with *why), MESH_ERR_INVALID,
+ * MESH_ERR_NOMEM. */
+#define MESH_PROXY_LABELS_MAX 64u
+MESH_API int mesh_proxy_opts_set_policy_dir(mesh_proxy_opts *o, const char *dir);
+MESH_API int mesh_proxy_opts_set_workload(mesh_proxy_opts *o, const char *ns, const char *labels,
+                                          const char **why);
+MESH_API int mesh_proxy_opts_set_default_inbound_policy(mesh_proxy_opts *o, const char *name,
+                                                        const char **why);
+MESH_API int mesh_proxy_opts_set_cluster_networks(mesh_proxy_opts *o, const char *cidrs);
+
 /* Credentials: a directory holding leaf.crt (chain, leaf first), key.pem
  * and ca.crt (what `meshctl identity certify --out-dir` writes), or three
  * files. Read at start, on mesh_proxy_reload and when leaf.crt's mtime

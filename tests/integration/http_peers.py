@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -51,10 +52,11 @@ class Backend(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
         else:
+            # Head and body in one write, as most servers send small answers:
+            # a proxy then never holds a head without its body.
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self._headers_buffer.append(b"\r\n" + (body if self.command != "HEAD" else b""))
+            self.flush_headers()
 
     def websocket(self):
         # RFC 6455's handshake; after it the bytes are echoed as they come.
@@ -85,6 +87,9 @@ class Backend(BaseHTTPRequestHandler):
             self.send(200, json.dumps(h).encode(), ctype="application/json")
         elif p.startswith("/status/"):
             self.send(int(p.split("/")[2]), b"status\n")
+        elif p.startswith("/flaky/"):  # fails N percent of requests, at random
+            fail = random.random() * 100 < int(p.split("/")[2])
+            self.send(500 if fail else 200, b"flaky\n")
         elif p.startswith("/slow/"):
             time.sleep(int(p.split("/")[2]) / 1000)
             self.send(200, b"slow\n")

@@ -94,7 +94,47 @@ class mesh_metric_series(_Opaque):
     pass
 
 
+class mesh_policy(_Opaque):
+    pass
+
+
+class mesh_policy_opts(_Opaque):
+    pass
+
+
+# The plain structs of mesh/policy.h, field for field.
+class mesh_policy_label(Structure):
+    _fields_ = [("name", c_char_p), ("value", c_char_p)]
+
+
+class mesh_policy_workload(Structure):
+    _fields_ = [("ns", c_char_p), ("labels", POINTER(mesh_policy_label)), ("nlabels", c_size_t),
+                ("port", c_uint32), ("port_name", c_char_p), ("default_policy", c_int32)]
+
+
+class mesh_policy_header(Structure):
+    _fields_ = [("name", c_char_p), ("name_len", c_size_t), ("value", c_char_p),
+                ("value_len", c_size_t)]
+
+
+class mesh_policy_request(Structure):
+    _fields_ = [("client_id", c_char_p), ("tls", c_uint32), ("addr_family", c_uint32),
+                ("addr", c_uint8 * 16), ("sockaddr", c_void_p), ("method", c_char_p),
+                ("path", c_char_p), ("path_len", c_size_t), ("query", c_char_p),
+                ("query_len", c_size_t), ("headers", POINTER(mesh_policy_header)),
+                ("nheaders", c_size_t)]
+
+
+class mesh_policy_result(Structure):
+    _fields_ = [("decision", c_int32), ("audit", c_int32), ("protocol", c_int32),
+                ("default_policy", c_int32), ("server_kind", c_char_p), ("server_name", c_char_p),
+                ("server_ns", c_char_p), ("route_kind", c_char_p), ("route_name", c_char_p),
+                ("route_rule", c_int32), ("authz_kind", c_char_p), ("authz_name", c_char_p)]
+
+
 ctx_p = POINTER(mesh_ctx)
+policy_p = POINTER(mesh_policy)
+policy_opts_p = POINTER(mesh_policy_opts)
 diags_p = POINTER(mesh_diags)
 manifest_p = POINTER(mesh_manifest)
 profile_p = POINTER(mesh_profile)
@@ -164,6 +204,24 @@ _PROTOTYPES = {
     "mesh_dns_label_valid": (c_int, [c_char_p]),
     "mesh_dns_name_valid": (c_int, [c_char_p]),
     "mesh_duration_parse_s": (c_int, [c_char_p, POINTER(c_uint64), POINTER(c_char_p)]),
+    # policy.h
+    "mesh_policy_opts_new": (c_int, [ctx_p, POINTER(policy_opts_p)]),
+    "mesh_policy_opts_free": (None, [policy_opts_p]),
+    "mesh_policy_opts_set_default": (c_int, [policy_opts_p, c_int32]),
+    "mesh_policy_opts_set_cluster_networks": (c_int, [policy_opts_p, c_char_p, POINTER(c_char_p)]),
+    "mesh_policy_opts_set_identity_domain": (c_int, [policy_opts_p, c_char_p, c_char_p]),
+    "mesh_policy_opts_set_allow_localhost": (c_int, [policy_opts_p, c_int32]),
+    "mesh_policy_default_name": (c_char_p, [c_int32]),
+    "mesh_policy_default_parse": (c_int, [c_char_p]),
+    "mesh_policy_compile": (c_int, [ctx_p, POINTER(manifest_p), c_size_t, policy_opts_p, diags_p,
+                                    POINTER(policy_p)]),
+    "mesh_policy_ref": (policy_p, [policy_p]),
+    "mesh_policy_unref": (None, [policy_p]),
+    "mesh_policy_server_count": (c_size_t, [policy_p]),
+    "mesh_policy_authorization_count": (c_size_t, [policy_p]),
+    "mesh_policy_route_count": (c_size_t, [policy_p]),
+    "mesh_policy_decide": (c_int, [policy_p, POINTER(mesh_policy_workload),
+                                   POINTER(mesh_policy_request), POINTER(mesh_policy_result)]),
     # profile.h
     "mesh_profile_parse": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
                                    POINTER(profile_p)]),

@@ -161,6 +161,9 @@ class TestLibrary(unittest.TestCase):
             # The proxy engine (meshd's data plane) is an I/O API run on a
             # libevent loop: not bound to Python yet.
             "proxy.h",
+            # The store watches a directory on a libevent loop and serves
+            # mesh-destination: not bound to Python yet.
+            "store.h",
         }
         bound_headers = sorted(h for h in os.listdir(inc)
                                if h.endswith(".h") and h not in unbound_headers)

@@ -1,0 +1,720 @@
+/* mesh-destination: the discovery daemon; serves Destination.Get and GetProfile streams from the store, exposes metrics. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+
+#include <mesh/mesh.h>
+#include <mesh/metrics.h>
+#include <mesh/rpc.h>
+#include <mesh/store.h>
+
+#define GET_PATH "/io.linkerd.proxy.destination.Destination/Get"
+#define PROFILE_PATH "/io.linkerd.proxy.destination.Destination/GetProfile"
+#define PATH_MAX_BYTES 512u   /* of a requested authority */
+#define STREAMS_PER_CONN 1000u /* a proxy watches one stream per destination it talks to */
+#define DEFAULT_MAX_STREAMS 20000u /* watches in all: each holds its last answer */
+#define ERROR_LABEL_MAX 256u   /* bytes of the last store error shown as a label */
+#define FILE_MAX 1048576u      /* bytes of a certificate or key file */
+
+typedef struct watch watch;
+
+typedef struct {
+  mesh_ctx *ctx;
+  struct event_base *base;
+  mesh_store *store;
+  const char *identity_dir; /* NULL: plaintext */
+  mesh_tls_creds *creds;    /* the serving certificate, swapped on SIGHUP */
+  watch *watches; /* every open stream, Get and GetProfile */
+  size_t nget, nprofile, max_streams;
+  mesh_metrics *metrics;
+  mesh_metric_family *error_family;
+  mesh_metric_series *reloads_ok, *reloads_refused, *failing, *generation, *streams_get,
+      *streams_profile, *updates, *error_info;
+  uint64_t seen_ok, seen_refused;
+  char error_shown[ERROR_LABEL_MAX];
+} daemon_state;
+
+/* One open stream: what the client asked, and what it was last sent. */
+struct watch {
+  daemon_state *d;
+  mesh_rpc_call *call;
+  bool profile;
+  bool dead; /* a send failed: the close callback is on its way */
+  char *path, *ns;
+  mesh_resolution *last; /* Get */
+  char *last_profile;    /* GetProfile */
+  watch *prev, *next;
+};
+
+/* ---- Logging ----------------------------------------------------------- */
+
+static void logmsg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logmsg(const char *level, const char *fmt, ...) {
+  char ts[32];
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  struct tm tm;
+  gmtime_r(&now.tv_sec, &tm);
+  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s.%03ldZ %-5s ", ts, now.tv_nsec / 1000000, level);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+static void lib_log(void *ud, int level, const char *line) {
+  logmsg(level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN" : "INFO", "libmesh: %s",
+         line);
+}
+
+/* ---- Streams ------------------------------------------------------------ */
+
+static const char *path_or(const char *p) { return p ? p : "?"; }
+
+static void watch_free(watch *w) {
+  daemon_state *d = w->d;
+  if (w->prev) w->prev->next = w->next;
+  else d->watches = w->next;
+  if (w->next) w->next->prev = w->prev;
+  if (w->profile) d->nprofile--;
+  else d->nget--;
+  mesh_metrics_set(w->profile ? d->streams_profile : d->streams_get,
+                   (int64_t)(w->profile ? d->nprofile : d->nget));
+  mesh_resolution_free(w->last);
+  mesh_free_string(d->ctx, w->last_profile);
+  free(w->path);
+  free(w->ns);
+  free(w);
+}
+
+static void on_close(void *ud, mesh_rpc_call *call) {
+  watch *w = ud;
+  mesh_rpc_end(call);
+  watch_free(w);
+}
+
+/* Sends one message; a failure marks the stream dead (its close callback follows). */
+static void send_line(watch *w, const char *line, size_t len) {
+  if (w->dead) return;
+  int rc = mesh_rpc_send_n(w->call, line, len);
+  if (rc < 0) {
+    w->dead = true;
+    logmsg("INFO", "stream %s for %s stopped: %s", w->profile ? "GetProfile" : "Get", w->path,
+           mesh_strerror(rc));
+    return;
+  }
+  mesh_metrics_inc(w->d->updates, 1);
+}
+
+/* Sends each line of ndjson text. */
+static void send_lines(watch *w, const char *text) {
+  while (text && *text) {
+    const char *nl = strchr(text, '\n');
+    size_t len = nl ? (size_t)(nl - text) : strlen(text);
+    if (len) send_line(w, text, len);
+    text += len + (nl ? 1 : 0);
+  }
+}
+
+/* What the stream should carry now, from snap; sends the difference. */
+static void refresh(watch *w, const mesh_snapshot *snap) {
+  daemon_state *d = w->d;
+  if (w->dead) return;
+  if (w->profile) {
+    char *p = NULL;
+    if (mesh_snapshot_profile_json(snap, w->path, w->ns, &p) < 0) return;
+    if (!w->last_profile || strcmp(p, w->last_profile) != 0) send_line(w, p, strlen(p));
+    mesh_free_string(d->ctx, w->last_profile);
+    w->last_profile = p;
+    return;
+  }
+  mesh_resolution *r = NULL;
+  char *msgs = NULL;
+  if (mesh_snapshot_resolve(snap, w->path, w->ns, &r) < 0) return;
+  if (mesh_resolution_json_diff(w->last, r, &msgs) < 0) {
+    mesh_resolution_free(r);
+    return;
+  }
+  send_lines(w, msgs);
+  mesh_free_string(d->ctx, msgs);
+  mesh_resolution_free(w->last);
+  w->last = r;
+}
+
+static void on_store_change(void *ud, mesh_store *st) {
+  daemon_state *d = ud;
+  mesh_snapshot *snap = mesh_store_snapshot(st);
+  size_t n = 0;
+  for (watch *w = d->watches; w; w = w->next, n++) refresh(w, snap);
+  logmsg("INFO", "store generation %llu: %zu documents, %zu streams updated",
+         (unsigned long long)mesh_snapshot_generation(snap), mesh_snapshot_count(snap), n);
+  mesh_snapshot_unref(snap);
+}
+
+/* The caller's namespace from a context token: Linkerd's JSON form
+ * {"ns":"emojivoto",...} or its older "ns:emojivoto". NULL when absent. */
+static char *token_namespace(const char *tok) {
+  if (!tok || !*tok) return NULL;
+  if (tok[0] == '{') {
+    json_t *j = json_loads(tok, 0, NULL);
+    const char *ns = json_string_value(json_object_get(j, "ns"));
+    char *r = ns && *ns ? strdup(ns) : NULL;
+    json_decref(j);
+    return r;
+  }
+  if (strncmp(tok, "ns:", 3) == 0 && tok[3]) return strdup(tok + 3);
+  return NULL;
+}
+
+static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
+  size_t len = 0;
+  const char *body = mesh_rpc_call_body(call, &len);
+  json_error_t je;
+  json_t *req = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+  const char *path = json_string_value(json_object_get(req, "path"));
+  json_t *tokj = json_object_get(req, "context_token");
+  if (!json_is_object(req) || !path || !*path || (tokj && !json_is_string(tokj))) {
+    json_decref(req);
+    mesh_rpc_reply_error(call, 400, MESH_RPC_CODE_INVALID_ARGUMENT,
+                         "expected {\"path\": \"host:port\", \"context_token\": \"...\"}");
+    return;
+  }
+  if (d->nget + d->nprofile >= d->max_streams) {
+    json_decref(req);
+    char why[96];
+    snprintf(why, sizeof why, "too many watch streams (%zu): retry later", d->max_streams);
+    mesh_rpc_reply_error(call, 429, MESH_RPC_CODE_RESOURCE_EXHAUSTED, why);
+    return;
+  }
+  if (strlen(path) > PATH_MAX_BYTES) {
+    json_decref(req);
+    mesh_rpc_reply_error(call, 400, MESH_RPC_CODE_INVALID_ARGUMENT, "path is longer than 512 bytes");
+    return;
+  }
+  watch *w = calloc(1, sizeof *w);
+  if (w) {
+    w->path = strdup(path);
+    w->ns = token_namespace(json_string_value(tokj));
+  }
+  json_decref(req);
+  if (!w || !w->path) {
+    if (w) free(w->ns);
+    free(w ? w->path : NULL);
+    free(w);
+    mesh_rpc_reply_error(call, 500, MESH_RPC_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  w->d = d;
+  w->call = call;
+  w->profile = profile;
+  mesh_snapshot *snap = mesh_store_snapshot(d->store);
+  char *first = NULL;
+  int rc;
+  if (profile) {
+    rc = mesh_snapshot_profile_json(snap, w->path, w->ns, &first);
+    if (rc == 0) w->last_profile = first;
+  } else {
+    rc = mesh_snapshot_resolve(snap, w->path, w->ns, &w->last);
+    if (rc == 0) rc = mesh_resolution_json_first(w->last, &first);
+  }
+  mesh_snapshot_unref(snap);
+  if (rc < 0) {
+    char why[700];
+    snprintf(why, sizeof why, "%s: %s", path_or(w->path),
+             rc == MESH_ERR_PARSE ? "not an authority (host:port)" : mesh_strerror(rc));
+    mesh_rpc_reply_error(call, rc == MESH_ERR_PARSE ? 400 : 500,
+                         rc == MESH_ERR_PARSE ? MESH_RPC_CODE_INVALID_ARGUMENT
+                                              : MESH_RPC_CODE_INTERNAL,
+                         why);
+    mesh_resolution_free(w->last);
+    if (!profile) mesh_free_string(d->ctx, first);
+    free(w->path);
+    free(w->ns);
+    free(w);
+    return;
+  }
+  w->next = d->watches;
+  if (d->watches) d->watches->prev = w;
+  d->watches = w;
+  if (profile) d->nprofile++;
+  else d->nget++;
+  mesh_metrics_set(profile ? d->streams_profile : d->streams_get,
+                   (int64_t)(profile ? d->nprofile : d->nget));
+  mesh_rpc_call_on_close(call, on_close, w);
+  send_line(w, first, strlen(first));
+  if (!profile) mesh_free_string(d->ctx, first);
+}
+
+static void on_get(void *ud, mesh_rpc_call *call) { on_request(ud, call, false); }
+static void on_profile(void *ud, mesh_rpc_call *call) { on_request(ud, call, true); }
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+static char *read_file(const char *dir, const char *name, size_t *len, char *err, size_t esize) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, esize, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  char *buf = malloc(FILE_MAX + 1);
+  size_t n = buf ? fread(buf, 1, FILE_MAX + 1, f) : 0;
+  bool bad = !buf || ferror(f) || n > FILE_MAX;
+  fclose(f);
+  if (bad) {
+    snprintf(err, esize, "%s: %s", path,
+             !buf ? "out of memory" : n > FILE_MAX ? "larger than 1 MiB" : "cannot read");
+    free(buf);
+    return NULL;
+  }
+  *len = n;
+  return buf;
+}
+
+/* DIR's leaf.crt, key.pem and ca.crt (what `meshctl identity certify
+ * --out-dir` writes) as the serving configuration; false after logging why. */
+static bool load_tls(daemon_state *d, const char *trigger) {
+  char err[4400] = "";
+  size_t cl = 0, kl = 0, al = 0;
+  char *chain = read_file(d->identity_dir, "leaf.crt", &cl, err, sizeof err);
+  char *key = chain ? read_file(d->identity_dir, "key.pem", &kl, err, sizeof err) : NULL;
+  char *anchors = key ? read_file(d->identity_dir, "ca.crt", &al, err, sizeof err) : NULL;
+  mesh_tls_opts *o = NULL;
+  mesh_tls_config *cfg = NULL;
+  const char *why = NULL;
+  int rc = anchors ? mesh_tls_opts_new(d->ctx, &o) : MESH_ERR_IO;
+  if (!rc) rc = mesh_tls_opts_set_credentials(o, chain, cl, key, kl);
+  if (!rc) rc = mesh_tls_opts_set_anchors(o, anchors, al);
+  if (!rc) rc = mesh_tls_opts_set_alpn(o, "h2");
+  if (!rc) rc = mesh_tls_config_new(o, &why, &cfg);
+  if (!rc) rc = d->creds ? mesh_tls_creds_set(d->creds, cfg) : mesh_tls_creds_new(d->ctx, cfg, &d->creds);
+  if (rc < 0) {
+    logmsg("ERROR", "--identity-dir %s (%s): %s%s", d->identity_dir, trigger,
+           *err ? err : why ? why : mesh_strerror(rc), d->creds ? "; the previous certificate stays" : "");
+  } else {
+    logmsg("INFO", "serving as %s (%s)", mesh_identity_dns(mesh_tls_config_identity(cfg)), trigger);
+  }
+  mesh_tls_config_unref(cfg);
+  mesh_tls_opts_free(o);
+  if (key) memset(key, 0, kl);
+  free(key);
+  free(chain);
+  free(anchors);
+  return rc == 0;
+}
+
+/* ---- Admin -------------------------------------------------------------- */
+
+/* The store's state into the metrics, as of now. */
+static void metrics_update(daemon_state *d) {
+  uint64_t ok = mesh_store_reloads_ok(d->store), refused = mesh_store_reloads_failed(d->store);
+  if (ok > d->seen_ok) mesh_metrics_inc(d->reloads_ok, ok - d->seen_ok);
+  if (refused > d->seen_refused) mesh_metrics_inc(d->reloads_refused, refused - d->seen_refused);
+  d->seen_ok = ok;
+  d->seen_refused = refused;
+  int failing = mesh_store_failing(d->store);
+  mesh_metrics_set(d->failing, failing);
+  mesh_snapshot *snap = mesh_store_snapshot(d->store);
+  mesh_metrics_set(d->generation, (int64_t)mesh_snapshot_generation(snap));
+  mesh_snapshot_unref(snap);
+  /* The error being refused, as a label, while it lasts. */
+  char want[ERROR_LABEL_MAX] = "";
+  if (failing && mesh_store_last_error(d->store))
+    snprintf(want, sizeof want, "%s", mesh_store_last_error(d->store));
+  if (strcmp(want, d->error_shown) != 0) {
+    if (d->error_info) {
+      mesh_metrics_series_remove(d->error_info);
+      mesh_metrics_series_unref(d->error_info);
+      d->error_info = NULL;
+    }
+    const char *v = want;
+    if (*want && mesh_metrics_series(d->error_family, &v, 1, &d->error_info) == 0)
+      mesh_metrics_set(d->error_info, 1);
+    snprintf(d->error_shown, sizeof d->error_shown, "%s", want);
+  }
+}
+
+static void admin_metrics(struct evhttp_request *req, void *ud) {
+  daemon_state *d = ud;
+  char *text = NULL;
+  size_t len = 0;
+  metrics_update(d);
+  struct evbuffer *b = evbuffer_new();
+  if (!b || mesh_metrics_render(d->metrics, &text, &len) < 0 || evbuffer_add(b, text, len) < 0) {
+    evhttp_send_error(req, 500, NULL);
+  } else {
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4");
+    evhttp_send_reply(req, 200, "OK", b);
+  }
+  mesh_free_string(d->ctx, text);
+  if (b) evbuffer_free(b);
+}
+
+static bool metrics_setup(daemon_state *d) {
+  mesh_metric_family *reloads, *failing, *gen, *streams, *updates;
+  const char *result = "result", *method = "method", *error = "error";
+  int rc = mesh_metrics_new(d->ctx, &d->metrics);
+  if (!rc)
+    rc = mesh_metrics_counter(d->metrics, "destination_store_reloads_total",
+                              "Store reloads after the start, by result (ok: a new snapshot took "
+                              "over; refused: a bad manifest, the last good state stays).",
+                              &result, 1, &reloads);
+  if (!rc)
+    rc = mesh_metrics_gauge(d->metrics, "destination_store_failing",
+                            "1 while the files on disk are refused and an older state is served.",
+                            NULL, 0, &failing);
+  if (!rc)
+    rc = mesh_metrics_gauge(d->metrics, "destination_store_last_error_info",
+                            "The error that keeps the store from loading (file:line:col), while it lasts.",
+                            &error, 1, &d->error_family);
+  if (!rc)
+    rc = mesh_metrics_gauge(d->metrics, "destination_store_generation",
+                            "The generation of the snapshot being served.", NULL, 0, &gen);
+  if (!rc)
+    rc = mesh_metrics_gauge(d->metrics, "destination_streams",
+                            "Open watch streams, by method (get, profile).", &method, 1, &streams);
+  if (!rc)
+    rc = mesh_metrics_counter(d->metrics, "destination_updates_total",
+                              "Messages sent on watch streams.", NULL, 0, &updates);
+  const char *ok = "ok", *refused = "refused", *get = "get", *profile = "profile";
+  if (!rc) rc = mesh_metrics_series(reloads, &ok, 1, &d->reloads_ok);
+  if (!rc) rc = mesh_metrics_series(reloads, &refused, 1, &d->reloads_refused);
+  if (!rc) rc = mesh_metrics_series(failing, NULL, 0, &d->failing);
+  if (!rc) rc = mesh_metrics_series(gen, NULL, 0, &d->generation);
+  if (!rc) rc = mesh_metrics_series(streams, &get, 1, &d->streams_get);
+  if (!rc) rc = mesh_metrics_series(streams, &profile, 1, &d->streams_profile);
+  if (!rc) rc = mesh_metrics_series(updates, NULL, 0, &d->updates);
+  if (!rc) rc = mesh_metrics_process(d->metrics);
+  if (rc) logmsg("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
+  return rc == 0;
+}
+
+static void metrics_free(daemon_state *d) {
+  mesh_metric_series *all[] = {d->reloads_ok, d->reloads_refused, d->failing,      d->generation,
+                               d->streams_get, d->streams_profile, d->updates, d->error_info};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mesh_metrics_series_unref(all[i]);
+  mesh_metrics_free(d->metrics);
+}
+
+static void admin_text(struct evhttp_request *req, int status, const char *text) {
+  struct evbuffer *b = evbuffer_new();
+  if (b) evbuffer_add_printf(b, "%s\n", text);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
+  evhttp_send_reply(req, status, status == 200 ? "OK" : "Not Found", b);
+  if (b) evbuffer_free(b);
+}
+
+/* Ready once a snapshot is served (from the start: the first load must succeed). */
+static void admin_ready(struct evhttp_request *req, void *ud) { admin_text(req, 200, "ready"); }
+static void admin_live(struct evhttp_request *req, void *ud) { admin_text(req, 200, "live"); }
+
+/* The store's state for a person: what is served, and why a change is refused. */
+static void admin_store(struct evhttp_request *req, void *ud) {
+  daemon_state *d = ud;
+  mesh_snapshot *snap = mesh_store_snapshot(d->store);
+  const char *err = mesh_store_last_error(d->store);
+  char text[2048];
+  snprintf(text, sizeof text,
+           "generation %llu, %zu documents\nreloads: %llu ok, %llu refused\n%s%s",
+           (unsigned long long)mesh_snapshot_generation(snap), mesh_snapshot_count(snap),
+           (unsigned long long)mesh_store_reloads_ok(d->store),
+           (unsigned long long)mesh_store_reloads_failed(d->store),
+           mesh_store_failing(d->store) ? "failing: " : "last refused: ", err ? err : "none");
+  mesh_snapshot_unref(snap);
+  admin_text(req, 200, text);
+}
+
+static void admin_other(struct evhttp_request *req, void *ud) {
+  admin_text(req, 404, "not found: try /metrics, /ready, /live or /store");
+}
+
+/* "host:port" or "[v6]:port" into host and port. */
+static bool split_addr(const char *addr, char *host, size_t hsize, uint16_t *port) {
+  const char *colon = strrchr(addr, ':');
+  if (!colon || colon == addr) return false;
+  const char *h = addr;
+  size_t hl = (size_t)(colon - addr);
+  if (*h == '[') {
+    if (hl < 2 || h[hl - 1] != ']') return false;
+    h++;
+    hl -= 2;
+  }
+  char *end;
+  errno = 0;
+  unsigned long p = strtoul(colon + 1, &end, 10);
+  if (!colon[1] || *end || errno || p > 65535 || hl >= hsize) return false;
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  *port = (uint16_t)p;
+  return true;
+}
+
+static struct evhttp *admin_start(daemon_state *d, const char *addr) {
+  char host[256];
+  uint16_t port;
+  if (!split_addr(addr, host, sizeof host, &port)) {
+    logmsg("ERROR", "--admin %s: expected HOST:PORT", addr);
+    return NULL;
+  }
+  struct evhttp *http = evhttp_new(d->base);
+  struct evhttp_bound_socket *s = http ? evhttp_bind_socket_with_handle(http, host, port) : NULL;
+  if (!s) {
+    logmsg("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
+    if (http) evhttp_free(http);
+    return NULL;
+  }
+  evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_cb(http, "/metrics", admin_metrics, d);
+  evhttp_set_cb(http, "/ready", admin_ready, d);
+  evhttp_set_cb(http, "/live", admin_live, d);
+  evhttp_set_cb(http, "/store", admin_store, d);
+  evhttp_set_gencb(http, admin_other, d);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  evutil_socket_t fd = evhttp_bound_socket_get_fd(s);
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+    uint16_t bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                              : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    logmsg("INFO", "admin (/metrics /ready /live /store) listening on %s:%u",
+           strchr(host, ':') ? "[::]" : host, bound);
+  }
+  return http;
+}
+
+/* ---- Loop --------------------------------------------------------------- */
+
+static void on_signal(evutil_socket_t sig, short what, void *ud) {
+  daemon_state *d = ud;
+  if (sig == SIGHUP) {
+    mesh_store_reload(d->store);
+    if (d->identity_dir) load_tls(d, "SIGHUP");
+    return;
+  }
+  logmsg("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  event_base_loopexit(d->base, NULL);
+}
+
+static bool loopback(const char *addr) {
+  return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]:", 6) == 0 ||
+         strncmp(addr, "localhost:", 10) == 0;
+}
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "mesh-destination: the mesh's discovery service. Proxies watch the endpoints\n"
+          "(Destination.Get) and the profile (Destination.GetProfile) of the services they\n"
+          "talk to, as streams of JSON lines over HTTP/2 (doc/protocol.md).\n\n"
+          "Usage:\n  mesh-destination --store-dir DIR [flags]\n\n"
+          "Flags:\n"
+          "      --store-dir DIR          the manifests (*.yaml, *.yml, *.json): Services,\n"
+          "                               Workloads, ServiceProfiles, TrafficSplits, policy\n"
+          "      --listen ADDR            Destination over HTTP/2 (default 127.0.0.1:8086);\n"
+          "                               without --identity-dir, plaintext and loopback only\n"
+          "      --identity-dir DIR       serve over mTLS as the identity of DIR/leaf.crt\n"
+          "                               (with key.pem and the trust anchors ca.crt, as\n"
+          "                               `meshctl identity certify --out-dir` writes them)\n"
+          "      --client-auth MODE       required (default): clients present a mesh\n"
+          "                               certificate; optional: they may not\n"
+          "      --admin ADDR             /metrics, /ready, /live, /store over HTTP\n"
+          "                               (default 0.0.0.0:9996)\n"
+          "      --cluster-domain NAME    the cluster domain of service names (cluster.local)\n"
+          "      --trust-domain NAME      the identity trust domain (cluster.local)\n"
+          "      --identity-namespace NS  the control plane's namespace in identities (linkerd)\n"
+          "      --debounce-ms MS         quiet time after a change before reading (100)\n"
+          "      --max-streams N          open Get and GetProfile streams in all; more are\n"
+          "                               refused with 429 resource_exhausted (20000)\n"
+          "  -h, --help                   show this help\n\n"
+          "The directory is watched (inotify): a change is read once it has been quiet for\n"
+          "the debounce time, and replaces what is served only when every file is valid;\n"
+          "otherwise the last good state stays and the error is logged and shown on\n"
+          "/metrics and /store. SIGHUP reads the directory (and the identity directory)\n"
+          "at once. The first load must succeed. SIGTERM or SIGINT stops the service.\n"
+          "Logs go to standard error.\n");
+}
+
+int main(int argc, char **argv) {
+  enum { OPT_DIR = 256, OPT_LISTEN, OPT_ADMIN, OPT_CD, OPT_TD, OPT_NS, OPT_DEBOUNCE, OPT_ID, OPT_AUTH,
+         OPT_MAX };
+  static const struct option opts[] = {
+      {"store-dir", required_argument, NULL, OPT_DIR},
+      {"listen", required_argument, NULL, OPT_LISTEN},
+      {"admin", required_argument, NULL, OPT_ADMIN},
+      {"cluster-domain", required_argument, NULL, OPT_CD},
+      {"trust-domain", required_argument, NULL, OPT_TD},
+      {"identity-namespace", required_argument, NULL, OPT_NS},
+      {"debounce-ms", required_argument, NULL, OPT_DEBOUNCE},
+      {"identity-dir", required_argument, NULL, OPT_ID},
+      {"client-auth", required_argument, NULL, OPT_AUTH},
+      {"max-streams", required_argument, NULL, OPT_MAX},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *listen = "127.0.0.1:8086", *admin = "0.0.0.0:9996", *dir = NULL, *cd = NULL,
+             *td = NULL, *ns = NULL, *identity_dir = NULL;
+  long debounce = -1, max_streams = DEFAULT_MAX_STREAMS;
+  int client_auth = MESH_TLS_CLIENT_AUTH_REQUIRED;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case OPT_DIR: dir = optarg; break;
+    case OPT_LISTEN: listen = optarg; break;
+    case OPT_ADMIN: admin = optarg; break;
+    case OPT_CD: cd = optarg; break;
+    case OPT_TD: td = optarg; break;
+    case OPT_NS: ns = optarg; break;
+    case OPT_ID: identity_dir = optarg; break;
+    case OPT_MAX: {
+      char *end;
+      max_streams = strtol(optarg, &end, 10);
+      if (*end || max_streams < 1 || max_streams > 1000000) {
+        fprintf(stderr, "mesh-destination: --max-streams is 1 to 1000000\n");
+        return 2;
+      }
+      break;
+    }
+    case OPT_AUTH:
+      if (!strcmp(optarg, "required")) client_auth = MESH_TLS_CLIENT_AUTH_REQUIRED;
+      else if (!strcmp(optarg, "optional")) client_auth = MESH_TLS_CLIENT_AUTH_OPTIONAL;
+      else {
+        fprintf(stderr, "mesh-destination: --client-auth is required or optional\n");
+        return 2;
+      }
+      break;
+    case OPT_DEBOUNCE: {
+      char *end;
+      debounce = strtol(optarg, &end, 10);
+      if (*end || debounce < 0 || debounce > 10000) {
+        fprintf(stderr, "mesh-destination: --debounce-ms is 0 to 10000\n");
+        return 2;
+      }
+      break;
+    }
+    case 'h': usage(stdout); return 0;
+    default: fprintf(stderr, "Run 'mesh-destination --help' for usage.\n"); return 2;
+    }
+  }
+  if (optind < argc || !dir) {
+    fprintf(stderr, "mesh-destination: %s\nRun 'mesh-destination --help' for usage.\n",
+            dir ? "unexpected argument" : "give the manifest directory with --store-dir DIR");
+    return 2;
+  }
+  if (!identity_dir && !loopback(listen)) {
+    /* Plaintext only in this version: endpoints and identities are not for the network. */
+    fprintf(stderr, "mesh-destination: --listen %s: only loopback addresses are served "
+                    "in plaintext: give --identity-dir to serve over mTLS\n", listen);
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  daemon_state d;
+  memset(&d, 0, sizeof d);
+  d.identity_dir = identity_dir;
+  d.max_streams = (size_t)max_streams;
+  int status = 1, rc;
+  mesh_store_opts *so = NULL;
+  mesh_diags *diags = NULL;
+  mesh_rpc_server_opts *ro = NULL;
+  mesh_rpc_server *srv = NULL;
+  struct evhttp *http = NULL;
+  struct event *sigs[3] = {NULL};
+  if (mesh_ctx_new(&d.ctx) < 0 || !(d.base = event_base_new())) {
+    logmsg("ERROR", "out of memory");
+    goto done;
+  }
+  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, lib_log, NULL);
+  if (!metrics_setup(&d)) goto done;
+  if ((rc = mesh_store_opts_new(d.ctx, &so)) < 0 || (rc = mesh_store_opts_set_dir(so, dir)) < 0 ||
+      (rc = mesh_diags_new(d.ctx, &diags)) < 0) {
+    logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
+    goto done;
+  }
+  if ((cd && mesh_store_opts_set_cluster_domain(so, cd) < 0) ||
+      (td && mesh_store_opts_set_trust_domain(so, td) < 0) ||
+      (ns && mesh_store_opts_set_cp_namespace(so, ns) < 0) ||
+      (debounce >= 0 && mesh_store_opts_set_debounce_ms(so, (uint32_t)debounce) < 0)) {
+    logmsg("ERROR", "--cluster-domain and --trust-domain are DNS names, --identity-namespace a "
+                    "DNS label");
+    goto done;
+  }
+  if ((rc = mesh_store_new(d.ctx, so, diags, &d.store)) < 0) {
+    for (size_t i = 0; i < mesh_diags_count(diags); i++)
+      logmsg("ERROR", "%s", mesh_diags_text(diags, i));
+    logmsg("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
+    goto done;
+  }
+  for (size_t i = 0; i < mesh_diags_count(diags); i++)
+    logmsg("WARN", "%s", mesh_diags_text(diags, i));
+  mesh_store_on_change(d.store, on_store_change, &d);
+  if ((rc = mesh_store_watch(d.store, d.base)) < 0) {
+    logmsg("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
+    goto done;
+  }
+  mesh_snapshot *snap = mesh_store_snapshot(d.store);
+  logmsg("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
+  mesh_snapshot_unref(snap);
+
+  if (identity_dir && !load_tls(&d, "start")) goto done;
+  if ((rc = mesh_rpc_server_opts_new(d.ctx, &ro)) < 0 ||
+      (d.creds && (rc = mesh_rpc_server_opts_set_tls_creds(ro, d.creds, client_auth)) < 0) ||
+      (rc = mesh_rpc_server_opts_set_limit(ro, MESH_RPC_LIMIT_STREAMS, STREAMS_PER_CONN)) < 0 ||
+      (rc = mesh_rpc_server_new(d.ctx, d.base, ro, &srv)) < 0 ||
+      (rc = mesh_rpc_server_handle(srv, GET_PATH, on_get, &d)) < 0 ||
+      (rc = mesh_rpc_server_handle(srv, PROFILE_PATH, on_profile, &d)) < 0) {
+    logmsg("ERROR", "cannot set up the Destination server: %s", mesh_strerror(rc));
+    goto done;
+  }
+  uint16_t port = 0;
+  if ((rc = mesh_rpc_server_listen(srv, listen, &port)) < 0) {
+    logmsg("ERROR", "--listen %s: %s%s%s", listen, mesh_strerror(rc), rc == MESH_ERR_IO ? ": " : "",
+           rc == MESH_ERR_IO ? strerror(errno) : "");
+    goto done;
+  }
+  logmsg("INFO", "Destination (Get, GetProfile) listening on %.*s:%u over %s",
+         (int)(strrchr(listen, ':') - listen), listen, port,
+         !d.creds ? "plaintext HTTP/2"
+         : client_auth == MESH_TLS_CLIENT_AUTH_REQUIRED ? "mTLS (client certificates required)"
+                                                        : "TLS (client certificates optional)");
+  if (!(http = admin_start(&d, admin))) goto done;
+
+  const int signums[3] = {SIGHUP, SIGTERM, SIGINT};
+  for (int i = 0; i < 3; i++) {
+    sigs[i] = evsignal_new(d.base, signums[i], on_signal, &d);
+    if (!sigs[i] || evsignal_add(sigs[i], NULL) < 0) goto done;
+  }
+  event_base_dispatch(d.base);
+  status = 0;
+done:
+  for (int i = 0; i < 3; i++)
+    if (sigs[i]) event_free(sigs[i]);
+  if (http) evhttp_free(http);
+  /* Ends every stream: their close callbacks free the watches. */
+  mesh_rpc_server_free(srv);
+  mesh_rpc_server_opts_free(ro);
+  mesh_tls_creds_free(d.creds);
+  mesh_store_free(d.store);
+  mesh_store_opts_free(so);
+  mesh_diags_free(diags);
+  metrics_free(&d);
+  if (d.base) event_base_free(d.base);
+  mesh_ctx_free(d.ctx);
+  if (status == 0) logmsg("INFO", "stopped");
+  return status;
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Integration: meshd discovers endpoints from mesh-destination's Get streams: Workloads added and removed move real traffic; the control plane killed and restarted.
+set -euo pipefail
+meshd=$(realpath "$1") # meson may pass paths relative to the build dir
+dest=$(realpath "$2")
+pki=$(realpath "$3")
+load=$(realpath "$4")
+peers=$(realpath "$5")
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+cd "$tmp"
+
+fail() {
+  echo "FAIL: $*"
+  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
+  exit 1
+}
+ok() { echo "ok: $*"; }
+PY=/usr/bin/python3
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+"$pki" "$tmp" client default client web1 default web web2 default web >/dev/null
+
+read -r P_APP1 P_APP2 P_IN P_DST P_DADM P_CADM P_S1ADM P_S2ADM P_WEB P_NONE \
+  <<<"$(timeout 20 "$PY" "$load" free-ports 10)"
+
+timeout 110 "$PY" "$peers" backend "$P_APP1" web-1 >app1.log 2>&1 &
+pids+=($!)
+timeout 110 "$PY" "$peers" backend "$P_APP2" web-2 >app2.log 2>&1 &
+pids+=($!)
+
+# ---- the store: a Service and two Workloads, each with its own meshd -------------------
+mkdir store
+put() { # NAME: written whole, as a deploy tool does
+  cat >"store/.$1.tmp"
+  mv "store/.$1.tmp" "store/$1"
+}
+put web.yaml <<EOF
+apiVersion: mesh.libmesh.io/v1alpha1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http, protocol: http}
+EOF
+workload() { # N ADDRESS APP_PORT
+  put "web-$1.yaml" <<EOF
+apiVersion: mesh.libmesh.io/v1alpha1
+kind: Workload
+metadata: {name: web-$1, namespace: default, labels: {app: web}}
+spec: {serviceAccount: web, address: $2, proxyPort: $P_IN, ports: [{name: http, port: $3}]}
+EOF
+}
+workload 1 127.0.0.2 "$P_APP1"
+workload 2 127.0.0.3 "$P_APP2"
+
+start_dest() {
+  timeout 110 "$dest" --store-dir store --listen "127.0.0.1:$P_DST" --admin "127.0.0.1:$P_DADM" \
+    --debounce-ms 100 >>dest.log 2>&1 &
+  DPID=$!
+  pids+=("$DPID")
+  for _ in $(seq 100); do curl -fsS -m 1 "http://127.0.0.1:$P_DADM/ready" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  fail "mesh-destination does not become ready"
+}
+start_dest
+
+timeout 110 "$meshd" --identity-dir web1 --inbound-listen-addr "127.0.0.2:$P_IN" \
+  --outbound-listen-addr "" --admin-listen-addr "127.0.0.2:$P_S1ADM" >server1.log 2>&1 &
+pids+=($!)
+timeout 110 "$meshd" --identity-dir web2 --inbound-listen-addr "127.0.0.3:$P_IN" \
+  --outbound-listen-addr "" --admin-listen-addr "127.0.0.3:$P_S2ADM" >server2.log 2>&1 &
+pids+=($!)
+MESH_PROXY_NAMESPACE=default timeout 110 "$meshd" --identity-dir client \
+  --outbound-listen-addr "" --inbound-listen-addr "" --admin-listen-addr "127.0.0.1:$P_CADM" \
+  --destination-addr "127.0.0.1:$P_DST" \
+  --outbound-port-map "127.0.0.1:$P_WEB=web.default.svc.cluster.local:80" \
+  --outbound-port-map "127.0.0.1:$P_NONE=nothing.default.svc.cluster.local:80" \
+  --log-level debug >client.log 2>&1 &
+pids+=($!)
+
+wait_http() { # url: until it answers 200
+  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  fail "$1 does not answer"
+}
+wait_http "http://127.0.0.1:$P_CADM/ready"
+wait_http "http://127.0.0.2:$P_S1ADM/ready"
+wait_http "http://127.0.0.3:$P_S2ADM/ready"
+wait_http "http://127.0.0.1:$P_APP1/"
+wait_http "http://127.0.0.1:$P_APP2/"
+
+metric() { curl -fsS -m 5 "http://127.0.0.1:$P_CADM/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+# batch N: N requests through the client meshd, one answer per line ("ERR" for a failure).
+batch() {
+  for _ in $(seq "$1"); do curl -fsS -m 5 "http://127.0.0.1:$P_WEB/" 2>/dev/null || echo ERR; done
+}
+# spread N: N requests, 40 at a time. Peak-EWMA prefers the endpoint it has measured
+# (a sequential client would only ever see one): the load makes it try the other.
+spread() {
+  seq "$1" | xargs -P 40 -I{} sh -c "curl -fsS -m 5 'http://127.0.0.1:$P_WEB/?n={}' 2>/dev/null || echo ERR"
+}
+
+# ---- discovery: the first request waits for the first answer -------------------------
+[ "$(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_WEB/")" = 200 ] ||
+  fail "the first request through a discovered service"
+spread 300 | sort | uniq -c >b1.txt
+grep -q ' web-1$' b1.txt && grep -q ' web-2$' b1.txt && ! grep -q ERR b1.txt ||
+  fail "300 requests did not reach both workloads: $(cat b1.txt)"
+grep -q "destination web.default.svc.cluster.local:80: 2 endpoints" client.log ||
+  fail "the client did not log the discovered endpoints"
+[ "$(metric destination_streams)" = 1 ] || fail "destination_streams: $(metric destination_streams)"
+ok "requests through a discovered service reach both workloads ($(tr -s ' \n' ' ' <b1.txt))"
+
+# An authority the control plane does not know: answered at once, not after the wait.
+t0=$(now_ms)
+c=$(curl -sS -m 5 -o /dev/null -D h.txt -w '%{http_code}' "http://127.0.0.1:$P_NONE/" || true)
+took=$(($(now_ms) - t0))
+[ "$c" = 503 ] && grep -qi '^l5d-proxy-error: unknown_destination' h.txt ||
+  fail "an unknown service: $c $(cat h.txt)"
+[ "$took" -lt 1000 ] || fail "an unknown service took $took ms"
+ok "a service the control plane does not know: 503 unknown_destination in $took ms"
+
+# ---- a Workload removed: no more requests to it within a second -----------------------
+rm store/web-2.yaml
+t0=$(now_ms)
+sleep 1
+batch 30 | sort | uniq -c >b2.txt
+[ "$(cat b2.txt | tr -s ' ')" = " 30 web-1" ] || fail "after removing web-2 (1 s): $(cat b2.txt)"
+ok "web-2 removed: every request goes to web-1 after $(($(now_ms) - t0)) ms"
+
+workload 2 127.0.0.3 "$P_APP2"
+for i in $(seq 30); do
+  spread 200 | sort | uniq -c >b3.txt
+  grep -q ' web-2$' b3.txt && break
+  [ "$i" = 30 ] && fail "web-2 added back but gets no requests: $(cat b3.txt)"
+  sleep 0.1
+done
+ok "web-2 added back: it gets requests again"
+
+# ---- the control plane away: keep serving from the last known state ---------------
+kill "$DPID"
+wait "$DPID" 2>/dev/null || true
+spread 300 | sort | uniq -c >b4.txt
+! grep -q ERR b4.txt && grep -q ' web-1$' b4.txt && grep -q ' web-2$' b4.txt ||
+  fail "mesh-destination down: $(cat b4.txt)"
+sleep 1.5
+batch 20 | sort | uniq -c >b5.txt
+! grep -q ERR b5.txt || fail "mesh-destination down (later): $(cat b5.txt)"
+r=$(metric destination_reconnects_total)
+[ "${r:-0}" -ge 1 ] || fail "destination_reconnects_total: '$r'"
+ok "mesh-destination killed: 320 requests succeed from the last state; $r reconnect attempts"
+
+# ---- restarted: updates flow again --------------------------------------------------
+rm store/web-1.yaml
+start_dest
+t0=$(now_ms)
+for i in $(seq 150); do
+  batch 10 | sort | uniq -c >b6.txt
+  [ "$(cat b6.txt | tr -s ' ')" = " 10 web-2" ] && break
+  [ "$i" = 150 ] && fail "after the restart, web-1's removal never arrived: $(cat b6.txt)"
+  sleep 0.1
+done
+ok "mesh-destination restarted: the stream reconnected and web-1's removal applied ($(($(now_ms) - t0)) ms)"
+u=$(metric destination_updates_total)
+[ "${u:-0}" -ge 4 ] || fail "destination_updates_total: '$u'"
+
+# ---- the idle cache: an authority nobody asked for in 5 s is dropped --------------------
+curl -sS -m 5 -o /dev/null "http://127.0.0.1:$P_NONE/" || true
+[ "$(metric destination_streams)" = 2 ] || fail "two watched authorities: $(metric destination_streams)"
+for _ in $(seq 80); do
+  [ "$(metric destination_streams)" = 1 ] && break
+  curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$P_WEB/" || true
+  sleep 0.1
+done
+[ "$(metric destination_streams)" = 1 ] || fail "the idle authority was not dropped"
+grep -q "destination nothing.default.svc.cluster.local:80: idle, dropped" client.log ||
+  fail "no 'idle, dropped' log line"
+ok "idle cache: the unused authority's stream was cancelled after 5 s; the used one stays"
+echo "all meshd discovery checks passed"
