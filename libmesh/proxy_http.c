@@ -845,6 +845,24 @@ static void dispatch(hreq *r) {
   forward(r, &k);
 }
 
+/* gRPC's deadline header: at most 8 digits and a unit (H, M, S, m, u, n),
+ * in ms rounded up; 0 when absent or malformed. */
+static uint64_t grpc_timeout_ms(const char *v) {
+  if (!v) return 0;
+  size_t n = strspn(v, "0123456789");
+  if (n == 0 || n > 8 || strlen(v) != n + 1) return 0;
+  uint64_t x = strtoull(v, NULL, 10);
+  switch (v[n]) {
+  case 'H': return x * 3600000u;
+  case 'M': return x * 60000u;
+  case 'S': return x * 1000u;
+  case 'm': return x;
+  case 'u': return (x + 999u) / 1000u;
+  case 'n': return (x + 999999u) / 1000000u;
+  default: return 0;
+  }
+}
+
 static void route_outbound(hreq *r) {
   mesh_proxy *p = r->sv->p;
   mesh_ctx *ctx = p->ctx;
@@ -881,6 +899,9 @@ static void route_outbound(hreq *r) {
       r->replayable = r->replay != NULL;
     }
   }
+  /* A gRPC client's own deadline, when sooner, wins. */
+  uint64_t g = grpc_timeout_ms(mh_head_get(&r->req, "grpc-timeout"));
+  if (g && (!timeout || g < timeout)) timeout = g;
   if (timeout) mesh__proxy_timer(r->timer, timeout);
   dispatch(r);
 }

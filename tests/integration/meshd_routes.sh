@@ -162,6 +162,13 @@ ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 [ "$ms" -ge 450 ] && [ "$ms" -le 2500 ] || fail "the 500ms route timeout answered after $ms ms"
 [ "$(curl -fsS -m 5 "http://127.0.0.1:$P_WEB/slow/100")" = slow ] || fail "a fast request on the timed route"
 ok "route timeout 500ms: 504 route_timeout after $ms ms; faster requests pass"
+t0=$(date +%s%N)
+c=$(curl -s -o /dev/null -D head.tmp -w '%{http_code}' -m 10 -H 'content-type: application/grpc' \
+  -H 'grpc-timeout: 150m' "http://127.0.0.1:$P_WEB/slow/3000")
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$c" = 200 ] && grep -qi '^grpc-status: 4' head.tmp || fail "grpc-timeout: $c $(cat head.tmp)"
+[ "$ms" -ge 140 ] && [ "$ms" -lt 450 ] || fail "grpc-timeout 150m answered after $ms ms"
+ok "a gRPC client's grpc-timeout (150m, sooner than the route's): DEADLINE_EXCEEDED after $ms ms"
 
 # ---- TrafficSplit ------------------------------------------------------------------------------
 timeout 120 h2load --h1 -n 10000 -c 20 "http://127.0.0.1:$P_SPLIT/" >split.out 2>&1 || fail "h2load: $(cat split.out)"
