@@ -215,7 +215,7 @@ before=$(msum "^request_total\{direction=\"outbound\".*$B")
 timeout 60 h2load --h1 -n 500 -c 5 "http://127.0.0.1:$P_WEB/flaky/0" >ejected.out 2>&1 || true
 [ "$(ok2xx ejected.out)" = 500 ] || fail "after the kill: $(codes ejected.out)"
 tried=$(( $(msum "^request_total\{direction=\"outbound\".*$B") - before ))
-[ "$tried" -le 10 ] || fail "the dead endpoint still got $tried of 500 attempts (not ejected)"
+[ "$tried" -le 25 ] || fail "the dead endpoint still got $tried of 500 attempts (not ejected: want at most 5%, its probes)"
 ok "endpoint killed under load: $good/6000 succeeded; then ejected ($tried of 500 attempts tried it)"
 
 server 127.0.0.3 "$P_INB" "$P_SADMB" serverb.log
