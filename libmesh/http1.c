@@ -705,6 +705,8 @@ static int on_headers_complete(http_parser *p) {
     return 0;
   }
   h->status = p->status_code;
+  /* http-parser takes any three digits; a head's status is 100..599. */
+  if (h->status < 100 || h->status > 599) return perr(c, 0, MH_ERR_PROTOCOL, NULL), -1;
   int interim = h->status < 200 && h->status != 101;
   int nobody = s->head_req || h->status < 200 || h->status == 204 || h->status == 304;
   /* Close-delimited: no length and no chunking. */

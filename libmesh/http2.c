@@ -454,7 +454,16 @@ static int cb_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
     else if (name_is(name, nlen, ":scheme")) rc = mh_head_setstr(ctx, h, &h->scheme, v);
     else if (name_is(name, nlen, ":authority")) rc = mh_head_setstr(ctx, h, &h->authority, v);
     else if (name_is(name, nlen, ":path")) rc = mh_head_setstr(ctx, h, &h->path, v);
-    else if (name_is(name, nlen, ":status")) h->status = atoi(v);
+    else if (name_is(name, nlen, ":status")) {
+      /* Exactly three digits, 100..599 (nghttp2 lets 027 or 999 through). */
+      int ok = vlen == 3 && v[0] >= '1' && v[0] <= '5' && v[1] >= '0' && v[1] <= '9' &&
+               v[2] >= '0' && v[2] <= '9';
+      if (!ok) {
+        s->fail = MH_ERR_PROTOCOL;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+      }
+      h->status = atoi(v);
+    }
   } else if (name_is(name, nlen, "content-length")) {
     char *end;
     long long n = strtoll(v, &end, 10);
