@@ -94,18 +94,23 @@ def concurrent(port, n, size):
     for s, p in zip(socks, payloads):
         s.sendall(p)
         s.shutdown(socket.SHUT_WR)
-    bad = 0
-    for s, p in zip(socks, payloads):
+    bad = []
+    for i, (s, p) in enumerate(zip(socks, payloads)):
         got = bytearray()
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            got.extend(b)
+        err = ""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got.extend(b)
+        except OSError as e:  # say which and how, for whoever reads a failure
+            err = " (%s)" % e
         s.close()
-        bad += bytes(got) != p
+        if bytes(got) != p:
+            bad.append("#%d got %d of %d bytes%s" % (i, len(got), len(p), err))
     if bad:
-        print("%d of %d concurrent connections failed" % (bad, n))
+        print("%d of %d concurrent connections failed: %s" % (len(bad), n, "; ".join(bad[:5])))
         sys.exit(1)
     print("ok: %d concurrent connections, %d bytes each" % (n, size))
 
