@@ -141,7 +141,7 @@ static int same(const dep *a, const dep *b) {
   return a->weight == b->weight && a->e.port == b->e.port && !strcmp(a->e.identity, b->e.identity);
 }
 
-static int apply_add(disc_set *s, json_t *addrs, const char **why) {
+static int apply_add(disc_set *s, json_t *addrs, int first, const char **why) {
   size_t k = json_array_size(addrs);
   if (!json_is_array(addrs)) {
     *why = "add.addrs is not a list";
@@ -155,9 +155,15 @@ static int apply_add(disc_set *s, json_t *addrs, const char **why) {
   if (k && !tmp) return MESH_ERR_NOMEM;
   int rc = 0;
   size_t fresh = 0;
-  for (size_t i = 0; i < k && !rc; i++) {
+  for (size_t i = 0; i < k && !rc; i++)
     rc = parse_weighted(s->ctx, json_array_get(addrs, i), &tmp[i], why);
-    if (rc) break;
+  /* The whole state: what it does not name has gone (while we were away). */
+  for (size_t i = s->n; first && !rc && i-- > 0;) {
+    size_t j = 0;
+    while (j < k && strcmp(tmp[j].addr, s->v[i]->addr)) j++;
+    if (j == k) drop(s, i);
+  }
+  for (size_t i = 0; i < k && !rc; i++) {
     int dup = find_addr(s, tmp[i].addr) >= 0;
     for (size_t j = 0; j < i && !dup; j++) dup = !strcmp(tmp[j].addr, tmp[i].addr);
     fresh += !dup;
@@ -223,7 +229,8 @@ static int apply_remove(disc_set *s, json_t *addrs, const char **why) {
   return 0;
 }
 
-int mesh__disc_set_apply(disc_set *s, const char *line, size_t len, const char **why) {
+int mesh__disc_set_apply(disc_set *s, const char *line, size_t len, int first,
+                         const char **why) {
   const char *ignored;
   if (!why) why = &ignored;
   *why = "";
@@ -241,7 +248,7 @@ int mesh__disc_set_apply(disc_set *s, const char *line, size_t len, const char *
   int rc;
   json_t *v;
   if ((v = json_object_get(j, "add"))) {
-    rc = apply_add(s, json_object_get(v, "addrs"), why);
+    rc = apply_add(s, json_object_get(v, "addrs"), first, why);
   } else if ((v = json_object_get(j, "remove"))) {
     rc = apply_remove(s, json_object_get(v, "addrs"), why);
   } else if ((v = json_object_get(j, "no_endpoints"))) {
@@ -294,7 +301,8 @@ struct auth {
   mesh_rpc_stream *st;
   struct event *timer; /* reconnect, after backoff */
   uint32_t backoff_ms;
-  uint64_t used_ns;
+  uint64_t used_ns, opened_ns;
+  int first; /* the stream's next message is its first: the whole state */
   disc_wait *waiters;
 };
 
@@ -302,7 +310,7 @@ struct mesh_discovery {
   mesh_ctx *ctx;
   struct event_base *base;
   char *addr, *ns;
-  int plaintext;
+  int plaintext, fixed_id;
   mesh_tls_config *tls;
   char server_id[300];
   mesh_rpc_client *cl;
@@ -351,6 +359,7 @@ static void backoff(auth *a) {
 }
 
 static void wake(auth *a) {
+  if (a->set->state == DISC_PENDING) return; /* a remove before any add: still nothing known */
   for (disc_wait *w = a->waiters; w; w = w->next) {
     w->answered = 1;
     event_del(w->ev);
@@ -361,13 +370,13 @@ static void wake(auth *a) {
 static void on_message(void *ud, const char *line, size_t len) {
   auth *a = ud;
   const char *why = NULL;
-  int rc = mesh__disc_set_apply(a->set, line, len, &why);
+  int rc = mesh__disc_set_apply(a->set, line, len, a->first, &why);
+  a->first = 0;
   if (rc) { /* the state is kept: a bad message changes nothing */
     mesh__log(a->d->ctx, MESH_LOG_WARN, "destination %s: update ignored (%s: %s)", a->name,
               mesh_strerror(rc), why);
     return;
   }
-  a->backoff_ms = 0;
   mesh_metrics_inc(a->d->updates, 1);
   mesh__log(a->d->ctx, MESH_LOG_DEBUG, "destination %s: %zu endpoints%s", a->name, a->set->n,
             a->set->state == DISC_NOT_FOUND ? " (no such service)" : "");
@@ -378,11 +387,14 @@ static void on_end(void *ud, int status, const char *error) {
   auth *a = ud;
   a->st = NULL;
   mesh_metrics_dec(a->d->streams, 1);
+  /* The backoff starts over after a stream that lived; one that keeps
+   * ending at once (a server that answers and hangs up) backs off. */
+  if (now_ns() - a->opened_ns > (uint64_t)DISC_BACKOFF_MAX_MS * 1000000u) a->backoff_ms = 0;
   /* Keep serving from the last known state while the control plane is away. */
   mesh__log(a->d->ctx, a->set->state == DISC_PENDING ? MESH_LOG_WARN : MESH_LOG_INFO,
-            "destination %s: stream ended (%s %s); keeping %zu endpoints, reconnecting",
-            a->name, status < 0 ? mesh_strerror(status) : "status",
-            status < 0 ? (error ? error : "") : (error ? error : "ok"), a->set->n);
+            "destination %s: stream ended (%s: %s); keeping %zu endpoints, reconnecting",
+            a->name, status < 0 ? mesh_strerror(status) : "answered",
+            status < 0 ? (error ? error : "") : (error ? error : "end of stream"), a->set->n);
   backoff(a);
 }
 
@@ -423,6 +435,8 @@ static void open_stream(auth *a) {
     backoff(a);
     return;
   }
+  a->opened_ns = now_ns();
+  a->first = 1;
   mesh_metrics_inc(d->streams, 1);
 }
 
@@ -577,7 +591,11 @@ int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts 
   if (!d) return MESH_ERR_NOMEM;
   d->ctx = ctx;
   d->base = base;
-  d->plaintext = lb;
+  d->plaintext = lb && !(o->server_id && *o->server_id);
+  if (!d->plaintext && o->server_id && *o->server_id) {
+    d->fixed_id = 1;
+    snprintf(d->server_id, sizeof d->server_id, "%s", o->server_id);
+  }
   d->wait_ms = o->wait_ms ? o->wait_ms : 1000u;
   d->addr = mesh__strdup(ctx, o->addr);
   d->ns = mesh__strdup(ctx, o->ns && *o->ns ? o->ns : "default");
@@ -609,7 +627,9 @@ void mesh__discovery_set_tls(mesh_discovery *d, mesh_tls_config *cfg, const char
   if (cfg) mesh_tls_config_ref(cfg);
   mesh_tls_config_unref(d->tls);
   d->tls = cfg;
-  if (server_id) {
+  if (d->fixed_id) {
+    /* given by the operator */
+  } else if (server_id) {
     snprintf(d->server_id, sizeof d->server_id, "%s", server_id);
   } else if (cfg) {
     const char *me = mesh_identity_dns(mesh_tls_config_identity(cfg));

@@ -42,11 +42,14 @@ typedef struct {
 int mesh__disc_set_new(mesh_ctx *ctx, disc_set **ret);
 void mesh__disc_set_unref(disc_set *s); /* NULL is a no-op */
 /* Apply one Get message (a JSON line of len bytes). The whole message is
- * checked before anything changes: on error the set is as it was.
+ * checked before anything changes: on error the set is as it was. first:
+ * the stream's first message, the whole current state (a reconnected
+ * stream): an add then also removes the endpoints it does not name.
  * 0; MESH_ERR_PARSE (malformed; *why says what), MESH_ERR_LIMIT (more than
  * DISC_ENDPOINTS_MAX endpoints, or the message over DISC_MESSAGE_MAX),
  * MESH_ERR_NOMEM. */
-int mesh__disc_set_apply(disc_set *s, const char *line, size_t len, const char **why);
+int mesh__disc_set_apply(disc_set *s, const char *line, size_t len, int first,
+                         const char **why);
 /* DISC_PENDING (no message yet), DISC_READY, DISC_NOT_FOUND. */
 int mesh__disc_set_state(const disc_set *s);
 size_t mesh__disc_set_count(const disc_set *s);
@@ -71,9 +74,11 @@ typedef struct {
   const char *ns;        /* the proxy's namespace (context_token) */
   mesh_metrics *reg;     /* destination_* metrics (NULL: none) */
   uint32_t wait_ms;      /* bounded wait for a first answer (0: 1000) */
+  const char *server_id; /* expected identity: mTLS even on loopback (NULL: derived) */
 } disc_opts;
 
-/* Plaintext h2c when addr is a loopback address; otherwise mTLS with the
+/* Plaintext h2c when addr is a loopback address and no server_id is given;
+ * otherwise mTLS with the
  * configuration given to mesh__discovery_set_tls (streams wait for it).
  * MESH_ERR_PARSE (addr), MESH_ERR_NOMEM, MESH_ERR_INVALID. */
 int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts *o,

@@ -69,6 +69,7 @@ int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret) {
   o->max_conns = MESH_PROXY_DEFAULT_MAX_CONNECTIONS;
   o->buffer = MESH_PROXY_DEFAULT_BUFFER_BYTES;
   o->detect_ms = MESH_PROXY_DEFAULT_DETECT_TIMEOUT_MS;
+  o->max_in_flight = MESH_PROXY_DEFAULT_MAX_IN_FLIGHT;
   o->inbound_connect_ms = MESH_PROXY_DEFAULT_INBOUND_CONNECT_TIMEOUT_MS;
   o->max_head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
   o->max_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
@@ -93,7 +94,7 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
   }
   mesh__free(ctx, o->endpoints_file);
   mesh__free(ctx, o->destination_addr);
-  mesh__free(ctx, o->ns);
+  mesh__free(ctx, o->destination_id);
   mesh__free(ctx, o->profiles_dir);
   mesh__free(ctx, o->policy_dir);
   mesh__free(ctx, o->workload_ns);
@@ -195,9 +196,16 @@ int mesh_proxy_opts_set_destination_addr(mesh_proxy_opts *o, const char *addr, c
   return set_str(o->ctx, &o->destination_addr, addr && *addr ? addr : NULL);
 }
 
-int mesh_proxy_opts_set_namespace(mesh_proxy_opts *o, const char *ns) {
-  if (!o || (ns && strlen(ns) > 253)) return MESH_ERR_INVALID;
-  return set_str(o->ctx, &o->ns, ns && *ns ? ns : NULL);
+int mesh_proxy_opts_set_destination_identity(mesh_proxy_opts *o, const char *name,
+                                             const char **why) {
+  if (!o) return MESH_ERR_INVALID;
+  if (name && *name) {
+    mesh_identity *id = NULL;
+    int rc = mesh_identity_parse(o->ctx, name, NULL, why, &id);
+    mesh_identity_free(id);
+    if (rc) return rc;
+  }
+  return set_str(o->ctx, &o->destination_id, name && *name ? name : NULL);
 }
 
 int mesh_proxy_opts_set_profiles_dir(mesh_proxy_opts *o, const char *dir) {
@@ -337,6 +345,13 @@ int mesh_proxy_opts_set_on_shutdown(mesh_proxy_opts *o, mesh_proxy_done_fn fn, v
   return 0;
 }
 
+int mesh_proxy_opts_set_max_in_flight(mesh_proxy_opts *o, uint32_t n) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!n) return MESH_ERR_RANGE;
+  o->max_in_flight = n;
+  return 0;
+}
+
 int mesh_proxy_opts_set_detect_timeout(mesh_proxy_opts *o, uint32_t ms) {
   if (!o) return MESH_ERR_INVALID;
   if (!ms) return MESH_ERR_RANGE;
@@ -384,7 +399,8 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   if (set_str(ctx, &o->out_addr, s->out_addr) || set_str(ctx, &o->in_addr, s->in_addr) ||
       set_str(ctx, &o->admin_addr, s->admin_addr) ||
       set_str(ctx, &o->endpoints_file, s->endpoints_file) ||
-      set_str(ctx, &o->destination_addr, s->destination_addr) || set_str(ctx, &o->ns, s->ns) ||
+      set_str(ctx, &o->destination_addr, s->destination_addr) ||
+      set_str(ctx, &o->destination_id, s->destination_id) ||
       set_str(ctx, &o->profiles_dir, s->profiles_dir) ||
       set_str(ctx, &o->policy_dir, s->policy_dir) ||
       set_str(ctx, &o->workload_ns, s->workload_ns) ||
@@ -408,6 +424,7 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   o->max_conns = s->max_conns;
   o->buffer = s->buffer;
   o->detect_ms = s->detect_ms;
+  o->max_in_flight = s->max_in_flight;
   o->default_policy = s->default_policy;
   const char *lwhy;
   if (o->labels_str && mesh__proxy_labels_parse(o, o->labels_str, &lwhy)) goto nomem;
@@ -997,7 +1014,8 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   if ((rc = mesh__proxy_http_init(p))) goto fail;
   if (p->o->destination_addr) {
     disc_opts dopt = {.addr = p->o->destination_addr,
-                      .ns = p->o->ns ? p->o->ns : p->o->workload_ns, .reg = p->m.reg};
+                      .ns = p->o->workload_ns ? p->o->workload_ns : "default", .reg = p->m.reg,
+                      .server_id = p->o->destination_id};
     if ((rc = mesh__discovery_new(ctx, base, &dopt, &p->disc))) goto fail;
   }
   p->poll_timer = evtimer_new(base, on_poll, p);

@@ -17,6 +17,7 @@
 #include <mesh/identity.h>
 
 #include "ctx_internal.h"
+#include "discovery_internal.h"
 #include "http_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_internal.h"
@@ -56,6 +57,8 @@ struct mesh_proxy_conn {
   struct event *timer;
   uint64_t last_ns;
   proxy_snapshot *snap; /* held while an endpoint pick is outstanding */
+  disc_set *dset;       /* or the discovery set the pick is from */
+  disc_wait *dw;        /* waiting for discovery's first answer */
   mesh_endpoint *ep;
   uint64_t pick_ns;
   uint16_t hdr_port;
@@ -71,6 +74,7 @@ static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void opaque_route(conn *c);
 
 /* ---- Metrics ------------------------------------------------------------------ */
 
@@ -155,6 +159,8 @@ static void pick_done(conn *c, int success) {
   c->ep = NULL;
   mesh__proxy_snapshot_unref(c->snap);
   c->snap = NULL;
+  mesh__disc_set_unref(c->dset);
+  c->dset = NULL;
 }
 
 static void side_free(side *s) {
@@ -176,6 +182,7 @@ static void conn_free(conn *c, side *err_side, int e) {
   side_free(&c->a);
   side_free(&c->b);
   pick_done(c, 1); /* abandoned before the endpoint answered: not its failure */
+  mesh__discovery_wait_cancel(c->dw);
   event_free(c->timer);
   if (c->prev) c->prev->next = c->next;
   else p->conns = c->next;
@@ -416,13 +423,29 @@ static uint16_t key_port(const char *key) {
 
 /* Opaque TCP: pick an endpoint of the destination and splice. */
 static void outbound_opaque(conn *c) {
-  mesh_proxy *p = c->p;
   if (!*c->key) {
     conn_fail(c, "no_original_dst", "not HTTP, and no original destination (not redirected)");
     return;
   }
   bufferevent_disable(c->a.bev, EV_READ); /* until the upstream can take bytes */
   side_open(&c->a, "outbound", "src", "no_identity", "", "", c->key);
+  opaque_route(c);
+}
+
+/* Discovery answered (or the bounded wait ran out). */
+static void on_discovered(void *ud, int answered) {
+  conn *c = ud;
+  c->dw = NULL;
+  if (answered) opaque_route(c);
+  else if (c->has_dst) /* as for a destination nobody knows: straight there, unmeshed */
+    connect_upstream(c, (struct sockaddr *)&c->dst, c->dstlen);
+  else conn_fail(c, "unknown_destination", "no answer from the destination service in time");
+}
+
+/* The endpoints file first, then discovery, then (transparent mode) the
+ * original destination, unmeshed. */
+static void opaque_route(conn *c) {
+  mesh_proxy *p = c->p;
   size_t svc;
   proxy_snapshot *s = p->snap;
   if (s && mesh_proxy_endpoints_find(s->eps, c->key, &svc) == 0) {
@@ -447,6 +470,32 @@ static void outbound_opaque(conn *c) {
     socklen_t len;
     const struct sockaddr *sa = mesh__proxy_endpoints_sockaddr(s->eps, svc, i, &len);
     connect_upstream(c, sa, len);
+    return;
+  }
+  disc_set *ds;
+  int st = p->disc ? mesh__discovery_find(p->disc, c->key, &ds) : DISC_NOT_FOUND;
+  if (st == DISC_PENDING) {
+    if (mesh__discovery_wait(p->disc, c->key, on_discovered, c, &c->dw))
+      conn_fail(c, "no_memory", NULL);
+    return;
+  }
+  if (st == DISC_READY) {
+    disc_endpoint e;
+    mesh_endpoint *ep;
+    uint64_t now = mesh__proxy_now_ns();
+    if (mesh__disc_set_pick(ds, now, mesh__proxy_rand(p), mesh__proxy_rand(p), &ep, &e)) {
+      conn_fail(c, "no_endpoints", "no endpoint is available");
+      return;
+    }
+    c->dset = ds;
+    c->ep = ep;
+    c->pick_ns = now;
+    c->hdr_port = e.port ? e.port : key_port(c->key);
+    if (*e.identity) {
+      c->meshed = 1;
+      snprintf(c->peer_id, sizeof c->peer_id, "%s", e.identity);
+    }
+    connect_upstream(c, (struct sockaddr *)&e.sa, e.len);
     return;
   }
   if (!c->has_dst) {

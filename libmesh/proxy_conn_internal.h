@@ -29,7 +29,7 @@ struct mesh_proxy_opts {
   } maps[MESH_PROXY_PORT_MAPS_MAX];
   size_t nmaps;
   char *endpoints_file, *profiles_dir, *identity_dir, *cert, *key, *anchors, *ports;
-  char *destination_addr, *ns; /* discovery (NULL: the endpoints file only) */
+  char *destination_addr, *destination_id; /* discovery (NULL: the endpoints file only) */
   /* Inbound policy: the manifests, this workload (namespace, labels), the
    * default for ports no Server selects, the cluster networks. */
   char *policy_dir, *workload_ns, *labels_str, *labels_buf, *cluster_networks;
@@ -37,7 +37,7 @@ struct mesh_proxy_opts {
   size_t nlabels;
   int32_t default_policy;
   int allow_unauth;
-  uint32_t connect_ms, header_ms, grace_ms, max_conns, buffer;
+  uint32_t connect_ms, header_ms, grace_ms, max_conns, buffer, max_in_flight;
   uint32_t detect_ms, response_ms, inbound_connect_ms, max_head_bytes, max_fields;
   char *opaque;          /* the opaque ports as given */
   uint8_t opaque_bits[8192];
@@ -104,6 +104,7 @@ struct mesh_proxy {
   struct mesh_proxy_conn *conns; /* every open connection, for shutdown and sweeps */
   struct hsrv *hsrvs;            /* every accepted HTTP connection (proxy_http.c) */
   uint32_t nconns;               /* accepted connections, opaque and HTTP */
+  uint32_t in_flight;            /* HTTP requests being handled */
   struct mesh_pool *out_pool, *in_pool;
   pool_side pool_sides[2]; /* which proxy and direction a pool's connections count under */
   mh_limits http_limits;

@@ -74,6 +74,7 @@ struct hreq {
   proxy_snapshot *snap; /* held while ep is */
   disc_set *dset;       /* or the discovery set ep is from, held while ep is */
   disc_wait *dw;        /* waiting for discovery's first answer */
+  int disc_gave_up;     /* it did not come: transparent mode goes straight on */
   mesh_endpoint *ep;
   uint64_t start_ns;
   struct event *timer;
@@ -324,6 +325,7 @@ static void req_free(hreq *r) {
   if (r->prev) r->prev->next = r->next;
   else sv->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
+  sv->p->in_flight--;
   mesh__free(ctx, r);
 }
 
@@ -756,6 +758,11 @@ static void on_discovered(void *ud, int answered) {
     dispatch(r);
     return;
   }
+  if (r->sv->has_dst && !r->overridden && !strcmp(r->backend, r->sv->key)) {
+    r->disc_gave_up = 1; /* the original destination, unmeshed, as for an unknown one */
+    dispatch(r);
+    return;
+  }
   count_request(r);
   char why[400];
   snprintf(why, sizeof why, "no answer from the destination service about %s in time", r->backend);
@@ -769,6 +776,7 @@ static void on_discovered(void *ud, int answered) {
 static int discovered(hreq *r, pool_key *k) {
   mesh_proxy *p = r->sv->p;
   disc_set *set;
+  if (r->disc_gave_up) return DISC_NOT_FOUND;
   int st = mesh__discovery_find(p->disc, r->backend, &set);
   if (st < 0 || st == DISC_NOT_FOUND) return DISC_NOT_FOUND;
   if (st == DISC_PENDING) {
@@ -974,7 +982,13 @@ static void on_request(mh_conn *c, mh_stream *s, mh_head *req, int end_stream, v
   r->next = sv->reqs;
   if (sv->reqs) sv->reqs->prev = r;
   sv->reqs = r;
+  p->in_flight++;
   mh_stream_set_cbs(s, &ss_cbs, r);
+  if (p->in_flight > p->o->max_in_flight) { /* load shedding: answer at once */
+    snprintf(r->authority, sizeof r->authority, "%s", req->authority ? req->authority : "");
+    fail(r, 503, "load_shed", "too many requests in flight");
+    return;
+  }
   if (sv->inbound) route_inbound(r);
   else route_outbound(r);
 }

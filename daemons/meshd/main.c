@@ -16,7 +16,8 @@ enum {
   OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL,
   OPT_DETECT_TIMEOUT, OPT_RESPONSE_TIMEOUT, OPT_INBOUND_CONNECT_TIMEOUT, OPT_MAX_HEADER_BYTES,
   OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS, OPT_PROFILES, OPT_POLICY, OPT_WORKLOAD_NS,
-  OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_DESTINATION, OPT_NAMESPACE
+  OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_MAX_IN_FLIGHT, OPT_DESTINATION,
+  OPT_DESTINATION_ID
 };
 
 static const struct option LONG[] = {
@@ -27,7 +28,7 @@ static const struct option LONG[] = {
     {"endpoints", required_argument, NULL, OPT_ENDPOINTS},
     {"profiles", required_argument, NULL, OPT_PROFILES},
     {"destination-addr", required_argument, NULL, OPT_DESTINATION},
-    {"namespace", required_argument, NULL, OPT_NAMESPACE},
+    {"destination-identity", required_argument, NULL, OPT_DESTINATION_ID},
     {"policy", required_argument, NULL, OPT_POLICY},
     {"workload-namespace", required_argument, NULL, OPT_WORKLOAD_NS},
     {"workload-labels", required_argument, NULL, OPT_WORKLOAD_LABELS},
@@ -45,6 +46,7 @@ static const struct option LONG[] = {
     {"shutdown-grace", required_argument, NULL, OPT_GRACE},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
     {"buffer-bytes", required_argument, NULL, OPT_BUFFER},
+    {"max-in-flight", required_argument, NULL, OPT_MAX_IN_FLIGHT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
     {"response-timeout", required_argument, NULL, OPT_RESPONSE_TIMEOUT},
@@ -69,7 +71,7 @@ static const struct {
     {OPT_ENDPOINTS, "MESH_PROXY_ENDPOINTS"},
     {OPT_PROFILES, "MESH_PROXY_PROFILES"},
     {OPT_DESTINATION, "MESH_PROXY_DESTINATION_ADDR"},
-    {OPT_NAMESPACE, "MESH_PROXY_NAMESPACE"},
+    {OPT_DESTINATION_ID, "MESH_PROXY_DESTINATION_IDENTITY"},
     {OPT_POLICY, "MESH_PROXY_POLICY"},
     {OPT_WORKLOAD_NS, "MESH_PROXY_WORKLOAD_NAMESPACE"},
     {OPT_WORKLOAD_LABELS, "MESH_PROXY_WORKLOAD_LABELS"},
@@ -87,6 +89,7 @@ static const struct {
     {OPT_GRACE, "MESH_PROXY_SHUTDOWN_GRACE"},
     {OPT_MAX_CONNS, "MESH_PROXY_MAX_CONNECTIONS"},
     {OPT_BUFFER, "MESH_PROXY_BUFFER_BYTES"},
+    {OPT_MAX_IN_FLIGHT, "MESH_PROXY_MAX_IN_FLIGHT"},
     {OPT_LOG_LEVEL, "MESH_PROXY_LOG_LEVEL"},
     {OPT_DETECT_TIMEOUT, "MESH_PROXY_DETECT_TIMEOUT"},
     {OPT_RESPONSE_TIMEOUT, "MESH_PROXY_RESPONSE_TIMEOUT"},
@@ -112,6 +115,7 @@ static void usage(FILE *out) {
           "  --profiles DIR                ServiceProfiles and TrafficSplits (*.yaml; re-read likewise)\n"
           "  --destination-addr ADDR       mesh-destination (e.g. 127.0.0.1:8086): discover what the\n"
           "                                endpoints file does not know\n"
+          "  --destination-identity ID     mesh-destination's identity (mTLS even on loopback)\n"
           "  --namespace NS                this proxy's namespace, for short names (default: default)\n"
           "  --policy DIR                  inbound authorization: Servers, authorizations, routes\n"
           "  --workload-namespace NS --workload-labels app=web,...   who this proxy fronts [default]\n"
@@ -124,6 +128,7 @@ static void usage(FILE *out) {
           "Limits (durations: 500ms, 5s, 1m, 1h; plain numbers are milliseconds):\n"
           "  --connect-timeout D [1s]  --header-timeout D [10s]  --idle-timeout D [1h, 0: none]\n"
           "  --shutdown-grace D [5s]   --max-connections N [10000]  --buffer-bytes N [65536]\n"
+          "  --max-in-flight N [100000] HTTP requests at once; past it 503 (load shed)\n"
           "  --detect-timeout D [10s]  --response-timeout D [0: none]\n"
           "  --inbound-connect-timeout D [300ms]\n"
           "  --max-header-bytes N [65536]  --max-header-fields N [100]\n"
@@ -213,7 +218,7 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
   case OPT_ENDPOINTS: rc = mesh_proxy_opts_set_endpoints_file(o, *arg ? arg : NULL); break;
   case OPT_PROFILES: rc = mesh_proxy_opts_set_profiles_dir(o, *arg ? arg : NULL); break;
   case OPT_DESTINATION: rc = mesh_proxy_opts_set_destination_addr(o, arg, &why); break;
-  case OPT_NAMESPACE: rc = mesh_proxy_opts_set_namespace(o, arg); break;
+  case OPT_DESTINATION_ID: rc = mesh_proxy_opts_set_destination_identity(o, arg, &why); break;
   case OPT_POLICY: rc = mesh_proxy_opts_set_policy_dir(o, *arg ? arg : NULL); break;
   case OPT_WORKLOAD_NS:
   case OPT_WORKLOAD_LABELS:
@@ -256,6 +261,7 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     break;
   case OPT_MAX_CONNS:
   case OPT_BUFFER:
+  case OPT_MAX_IN_FLIGHT:
   case OPT_MAX_HEADER_BYTES:
   case OPT_MAX_HEADER_FIELDS: {
     char *end;
@@ -269,6 +275,7 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     if (opt == OPT_MAX_HEADER_FIELDS) head_fields = (uint32_t)v;
     rc = opt == OPT_MAX_CONNS ? mesh_proxy_opts_set_max_connections(o, (uint32_t)v)
          : opt == OPT_BUFFER  ? mesh_proxy_opts_set_buffer_bytes(o, (uint32_t)v)
+         : opt == OPT_MAX_IN_FLIGHT ? mesh_proxy_opts_set_max_in_flight(o, (uint32_t)v)
                               : mesh_proxy_opts_set_http_limits(o, head_bytes, head_fields);
     break;
   }

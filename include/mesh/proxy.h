@@ -127,12 +127,17 @@ MESH_API int mesh_proxy_opts_set_endpoints_file(mesh_proxy_opts *o, const char *
  * not know are looked up through Get streams (doc/meshd.md, Discovery):
  * plaintext h2c to a loopback address, else mTLS with the proxy's own
  * credentials, expecting linkerd-destination.<cp-ns>.serviceaccount.identity.<cp-ns>.<td>.
- * The namespace (NULL: the workload namespace, else "default") is sent as
- * the context token: the namespace of short names. MESH_ERR_PARSE (with
- * *why), MESH_ERR_INVALID (ns over 253 bytes), MESH_ERR_NOMEM. */
+ * The workload's namespace (mesh_proxy_opts_set_workload; "default") is
+ * sent as the context token: the namespace of short names. MESH_ERR_PARSE
+ * (with *why), MESH_ERR_INVALID, MESH_ERR_NOMEM. */
 MESH_API int mesh_proxy_opts_set_destination_addr(mesh_proxy_opts *o, const char *addr,
                                                   const char **why);
-MESH_API int mesh_proxy_opts_set_namespace(mesh_proxy_opts *o, const char *ns);
+/* The identity mesh-destination must present (either form; NULL: the
+ * derived one above). When set, the proxy speaks mTLS to it even on a
+ * loopback address (Linkerd's LINKERD2_PROXY_DESTINATION_SVC_NAME).
+ * MESH_ERR_PARSE (with *why), MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_destination_identity(mesh_proxy_opts *o, const char *name,
+                                                      const char **why);
 
 /* ServiceProfiles and TrafficSplits (NULL: none): every *.yaml, *.yml and
  * *.json file of dir, read at start (a bad set fails mesh_proxy_new), on
@@ -207,6 +212,11 @@ MESH_API int mesh_proxy_opts_set_buffer_bytes(mesh_proxy_opts *o, uint32_t bytes
 #define MESH_PROXY_DEFAULT_MAX_HEAD_BYTES 65536u
 #define MESH_PROXY_DEFAULT_MAX_FIELDS 100u
 #define MESH_PROXY_DEFAULT_OPAQUE_PORTS "25,587,3306,4444,5432,6379,9300,11211"
+/* HTTP requests handled at once, inbound and outbound together (default
+ * 100,000, Linkerd's): past it, 503 at once (l5d-proxy-error: load_shed).
+ * MESH_ERR_INVALID, MESH_ERR_RANGE (0). */
+#define MESH_PROXY_DEFAULT_MAX_IN_FLIGHT 100000u
+MESH_API int mesh_proxy_opts_set_max_in_flight(mesh_proxy_opts *o, uint32_t n);
 MESH_API int mesh_proxy_opts_set_detect_timeout(mesh_proxy_opts *o, uint32_t ms);
 MESH_API int mesh_proxy_opts_set_response_timeout(mesh_proxy_opts *o, uint32_t ms);
 MESH_API int mesh_proxy_opts_set_inbound_connect_timeout(mesh_proxy_opts *o, uint32_t ms);

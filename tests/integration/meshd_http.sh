@@ -200,6 +200,25 @@ for f in client.prom server.prom; do
 done
 ok "request_total, response_total, response_latency_ms with Linkerd's labels; promtool check metrics"
 
+# ---- load shedding: past --max-in-flight, 503 at once -----------------------------------------------
+read -r P_SHED P_SHEDADM <<<"$(timeout 20 "$PY" "$load" free-ports 2)"
+timeout 60 "$meshd" --identity-dir client --outbound-listen-addr "" --inbound-listen-addr "" \
+  --admin-listen-addr "127.0.0.1:$P_SHEDADM" --endpoints eps.json --max-in-flight 1 \
+  --outbound-port-map "127.0.0.1:$P_SHED=web.default.svc.cluster.local:80" >shed.log 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$P_SHEDADM/ready"
+curl -sS -m 10 -o /dev/null "http://127.0.0.1:$P_SHED/slow/1500" &
+SLOWSHED=$!
+sleep 0.5
+t0=$(date +%s%N)
+c=$(code "http://127.0.0.1:$P_SHED/")
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$c" = 503 ] && perr | grep -q load_shed || fail "over --max-in-flight: $c $(perr)"
+[ "$ms" -lt 500 ] || fail "load shedding took $ms ms (want at once)"
+wait $SLOWSHED || fail "the request in flight during shedding"
+[ "$(curl -fsS -m 5 "http://127.0.0.1:$P_SHED/")" = web-v1 ] || fail "after the load went"
+ok "load shedding: one request over --max-in-flight 1 got 503 load_shed in $ms ms; the one in flight finished"
+
 # ---- graceful shutdown: in-flight requests finish, new connections are refused ----------------
 curl -sS -m 10 -o slow.out -w '%{http_code}' "http://127.0.0.1:$P_WEB/slow/1500" >slow.code 2>&1 &
 SLOW=$!
