@@ -618,6 +618,7 @@ static int policy_reload(mesh_proxy *p, int force, const char **start_err) {
   mesh_diags_free(d);
   mesh_policy_unref(p->policy); /* requests deciding hold no reference: one thread */
   p->policy = pol;
+  mesh__proxy_conns_reauthorize(p);
   mesh__log(p->ctx, MESH_LOG_INFO, "policy %s loaded: %zu servers, %zu authorizations, %zu routes",
             dir, mesh_policy_server_count(pol), mesh_policy_authorization_count(pol),
             mesh_policy_route_count(pol));

@@ -214,6 +214,24 @@ void mesh__proxy_conns_close_all(mesh_proxy *p) {
   while (p->conns) conn_free(p->conns, NULL, 0);
 }
 
+void mesh__proxy_conns_reauthorize(mesh_proxy *p) {
+  for (conn *c = p->conns, *next; c; c = next) {
+    next = c->next;
+    if (!c->inbound || c->state != ST_OPEN || c->closing || !c->a.raw) continue;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int have = getpeername(bufferevent_getfd(c->a.raw), (struct sockaddr *)&peer, &plen) == 0;
+    const char *why = NULL;
+    if (mesh__proxy_authorize(p, c->hdr_port, c->peer_id, have ? (struct sockaddr *)&peer : NULL,
+                              NULL, 0, &why) == MESH_POLICY_ALLOW)
+      continue;
+    mesh__log(p->ctx, MESH_LOG_INFO, "inbound %s from %s: closed, %s", c->target,
+              *c->peer_id ? c->peer_id : "an unauthenticated client", why);
+    mesh__proxy_error(p, 1, "unauthorized", c->target);
+    conn_free(c, NULL, 0);
+  }
+}
+
 void mesh__proxy_idle_sweep(mesh_proxy *p) {
   if (!p->o->idle_ms) return;
   uint64_t now = mesh__proxy_now_ns(), limit = p->o->idle_ms * 1000000u;
@@ -663,7 +681,7 @@ static int read_header(conn *c) {
   int have_peer = getpeername(bufferevent_getfd(c->a.raw), (struct sockaddr *)&peer, &plen) == 0;
   const char *why = NULL;
   if (mesh__proxy_authorize(p, (uint16_t)v, c->peer_id, have_peer ? (struct sockaddr *)&peer : NULL,
-                            NULL, &why) != MESH_POLICY_ALLOW) {
+                            NULL, 1, &why) != MESH_POLICY_ALLOW) {
     conn_fail(c, "unauthorized", why);
     return 0;
   }

@@ -169,9 +169,14 @@ int mesh__proxy_labels_parse(mesh_proxy_opts *o, const char *s, const char **why
 /* The inbound decision for a request (req) or a connection (req NULL) to
  * the local port from the verified client (NULL or "": none) at peer:
  * MESH_POLICY_ALLOW, _DENY or _NOT_FOUND (with *why), counted in the
- * inbound_*_authz_* metrics. Allows everything when no policy is loaded. */
+ * inbound_*_authz_* metrics when count_it. Allows everything when no
+ * policy is loaded. */
 int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
-                          const struct sockaddr *peer, const mh_head *req, const char **why);
+                          const struct sockaddr *peer, const mh_head *req, int count_it,
+                          const char **why);
+/* A new policy: open inbound opaque connections it no longer authorizes
+ * are closed (HTTP requests are decided one by one anyway). */
+void mesh__proxy_conns_reauthorize(mesh_proxy *p);
 
 /* proxy_admin.c */
 int mesh__proxy_admin_start(mesh_proxy *p, const char **why);

@@ -939,7 +939,7 @@ static void route_inbound(hreq *r) {
   const char *why = NULL;
   int d = mesh__proxy_authorize(p, sv->port, sv->peer_id,
                                 sv->peer.ss_family == AF_UNSPEC ? NULL : (struct sockaddr *)&sv->peer,
-                                &r->req, &why);
+                                &r->req, 1, &why);
   if (d == MESH_POLICY_DENY) {
     fail(r, 403, "unauthorized", why);
     return;

@@ -67,7 +67,8 @@ static void count(mesh_metric_family *f, const char *const *v, size_t n) {
 static const char *or_empty(const char *s) { return s ? s : ""; }
 
 int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
-                          const struct sockaddr *peer, const mh_head *req, const char **why) {
+                          const struct sockaddr *peer, const mh_head *req, int count_it,
+                          const char **why) {
   mesh_policy *pol = p->policy;
   if (!pol) return MESH_POLICY_ALLOW;
   mesh_policy_workload wl = {.ns = p->o->workload_ns ? p->o->workload_ns : "default",
@@ -106,6 +107,10 @@ int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
                       or_empty(res.authz_kind),  or_empty(res.authz_name)};
   const char *tv[4] = {v[0], v[1], v[4], v[5]};
   int decision = res.decision;
+  if (!count_it) {
+    if (decision != MESH_POLICY_ALLOW) *why = "no longer authorized";
+    return decision;
+  }
   if (decision == MESH_POLICY_ALLOW && res.audit) {
     /* audit: allowed, and counted as the denial it would have been */
     if (req) count(p->m.authz_http_deny, v, 4);

@@ -153,6 +153,32 @@ c=$(code "http://127.0.0.1:$P_O/api/v1/public/exams")
 [ "$c" = 200 ] || fail "after authorizing other-service: $c"
 ok "an authorization added: other-service's next request passes on the proxies' open connection"
 
+# An opaque connection already open, and no longer authorized: closed.
+timeout 30 "$PY" -c '
+import os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"before\n")
+assert s.recv(100) == b"before\n"
+open("held", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.05)
+try:
+    s.sendall(b"after\n")
+    print("open" if s.recv(100) else "closed")
+except OSError:
+    print("closed")' "$P_FECHO" >held.out 2>&1 &
+HELD=$!
+for _ in $(seq 100); do [ -e held ] && break; sleep 0.05; done
+[ -e held ] || fail "the held connection: $(cat held.out)"
+n=$(grep -c 'policy policy loaded' server.log)
+authz_echo "{name: other-service}"
+for _ in $(seq 50); do [ "$(grep -c 'policy policy loaded' server.log)" -gt "$n" ] && break; sleep 0.1; done
+touch go
+wait $HELD || true
+[ "$(cat held.out)" = closed ] || fail "an open connection no longer authorized: $(cat held.out)"
+timeout 10 "$PY" "$load" check "$P_OECHO" 1000 >/dev/null || fail "other-service, now authorized, on the echo port"
+ok "a policy change closes the open opaque connections it no longer authorizes; the newly authorized client gets in"
+
 cp policy/exam-api.yaml good.yaml
 printf -- '---\napiVersion: policy.linkerd.io/v1alpha1\nkind: NetworkAuthentication\nmetadata: {name: bad, namespace: production}\nspec:\n  networks:\n  - cidr: 10.0.0.0/33\n' >>policy/exam-api.yaml
 for _ in $(seq 50); do grep -q 'policy policy rejected' server.log && break; sleep 0.1; done
