@@ -471,6 +471,14 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   observe_latency(r);
   mesh_ctx *ctx = r->sv->p->ctx;
   mh_head_del(ctx, h, "l5d-orig-proto");
+  /* l5d-proxy-connection: close carries "the application closed its
+   * connection" across the proxies' shared HTTP/2 connection, so that the
+   * caller's own connection closes too (Linkerd's). */
+  const char *pc = mh_head_get(h, "l5d-proxy-connection");
+  int peer_closes = pc && !strcasecmp(pc, "close");
+  mh_head_del(ctx, h, "l5d-proxy-connection");
+  if (r->sv->inbound && h->close) mh_head_add(ctx, h, "l5d-proxy-connection", "close");
+  else if (!r->sv->inbound && peer_closes && r->sv->mc) mh_conn_shutdown(r->sv->mc);
   r->head_sent = 1;
   if (end_stream) {
     r->ended[RSP] = r->sent_end[RSP] = 1;

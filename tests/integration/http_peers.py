@@ -87,6 +87,13 @@ class Backend(BaseHTTPRequestHandler):
             self.send(200, json.dumps(h).encode(), ctype="application/json")
         elif p.startswith("/status/"):
             self.send(int(p.split("/")[2]), b"status\n")
+        elif p.startswith("/close"):  # answers, then closes its connection
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", "6")
+            self._headers_buffer.append(b"\r\nclose\n")
+            self.flush_headers()
         elif p.startswith("/flaky/"):  # fails N percent of requests, at random
             fail = random.random() * 100 < int(p.split("/")[2])
             self.send(500 if fail else 200, b"flaky\n")

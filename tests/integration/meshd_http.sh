@@ -110,6 +110,13 @@ c=$(code -H 'Expect: 100-continue' --data-binary @up.bin "http://127.0.0.1:$P_WE
 [ -z "$(perr)" ] || fail "an upstream's own 503 must not carry l5d-proxy-error"
 ok "HEAD, Expect: 100-continue, upstream statuses passed on"
 
+# The application closing its connection closes the caller's too (l5d-proxy-connection).
+curl -sv -m 5 "http://127.0.0.1:$P_WEB/close" "http://127.0.0.1:$P_WEB/" >pc.out 2>&1 || fail "l5d-proxy-connection: $(cat pc.out)"
+grep -qi '^< connection: close' pc.out || fail "the caller's response lacks connection: close: $(grep '^<' pc.out)"
+grep -qi 'l5d-proxy-connection' pc.out && fail "l5d-proxy-connection leaked to the caller"
+[ "$(grep -c 'Connected to' pc.out)" = 2 ] || fail "the caller's connection was reused after the application closed"
+ok "an application's connection: close reaches the caller through the mesh (l5d-proxy-connection), and is not leaked"
+
 peer pipeline "$P_WEB" 20 >pipe.out || fail "pipelining: $(cat pipe.out)"
 ok "$(cat pipe.out)"
 
