@@ -599,7 +599,11 @@ static void start_upstream(hreq *r, mh_conn *c) {
 static int retry(hreq *r) {
   if (!r->route || !mesh_route_is_retryable(r->route) || r->head_sent || r->upgrading) return 0;
   mesh_proxy *p = r->sv->p;
-  if (!r->replay || !r->replayable || !r->ended[REQ] || r->attempts + 1 >= ATTEMPTS_MAX) {
+  /* Body bytes not sent yet (the attempt failed before taking them) belong
+   * to the replay too, or it would go out short. */
+  size_t unsent = r->buf[REQ] ? evbuffer_get_length(r->buf[REQ]) : 0;
+  if (!r->replay || !r->replayable || !r->ended[REQ] || r->attempts + 1 >= ATTEMPTS_MAX ||
+      evbuffer_get_length(r->replay) + unsent > REPLAY_MAX) {
     rt_inc(r, p->m.rt_retryable, r->attempts + 1 >= ATTEMPTS_MAX ? "attempts" : "body", NULL);
     return 0;
   }
@@ -609,6 +613,11 @@ static int retry(hreq *r) {
     return 0;
   }
   rt_inc(r, p->m.rt_retryable, "", NULL);
+  if (unsent) {
+    if (evbuffer_copy(r->replay, r->buf[REQ])) return 0;
+    evbuffer_drain(r->buf[REQ], unsent);
+    if (r->ss) mh_stream_consumed(r->ss, unsent);
+  }
   if (r->w) {
     mesh__pool_cancel(r->w);
     r->w = NULL;
