@@ -333,6 +333,12 @@ static void req_free(hreq *r) {
  * l5d-proxy-error; the rest of the request body is read and dropped. */
 static void fail(hreq *r, int status, const char *error, const char *why) {
   mesh_proxy *p = r->sv->p;
+  if (r->upgrading) { /* past the 101: nothing to answer, the exchange is over */
+    hsrv *sv = r->sv;
+    req_free(r);
+    if (!sv->mc) sv_free(sv, "ECONNRESET");
+    return;
+  }
   mesh__log(p->ctx, MESH_LOG_INFO, "%s %s %s%s: %d %s (%s)", r->sv->inbound ? "inbound" : "outbound",
             r->req.method ? r->req.method : "?", r->authority, r->req.path ? r->req.path : "",
             status, error, why);
@@ -345,7 +351,7 @@ static void fail(hreq *r, int status, const char *error, const char *why) {
   upstream_release(r);
   if (r->head_sent) { /* too late for an answer: the caller sees a reset */
     count_response(r, NULL, error);
-    mh_stream_reset(r->ss, 0);
+    if (r->ss) mh_stream_reset(r->ss, 0);
     r->ss = NULL;
     req_free(r);
     return;
