@@ -8,9 +8,8 @@
 
 #include "meshctl.h"
 
-#define WARN_WITHIN_S (60ull * 86400) /* anchors and issuers: warn this long before expiry */
-
-static const char OK_MARK[] = "\u221a", WARN_MARK[] = "\u203c", ERR_MARK[] = "\u00d7";
+static const char OK_MARK[] = MESHCTL_MARK_OK, WARN_MARK[] = MESHCTL_MARK_WARN,
+                  ERR_MARK[] = MESHCTL_MARK_ERR;
 
 static void usage(FILE *out) {
   fprintf(out,
@@ -38,7 +37,7 @@ static void usage(FILE *out) {
           "Exit status: 0 when nothing is " "\u00d7" ", 1 otherwise, 2 for a usage error.\n");
 }
 
-enum { ST_OK, ST_WARN, ST_ERR };
+enum { ST_OK = MESHCTL_ST_OK, ST_WARN = MESHCTL_ST_WARN, ST_ERR = MESHCTL_ST_ERR };
 
 typedef struct {
   char name[128];
@@ -56,13 +55,6 @@ typedef struct {
   int worst;
   bool failed; /* a file could not be read: × too */
 } report;
-
-static void rfc3339(uint64_t t, char buf[32]) {
-  time_t tt = (time_t)t;
-  struct tm tm;
-  if (!gmtime_r(&tt, &tm) || !strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
-    snprintf(buf, 32, "@%llu", (unsigned long long)t);
-}
 
 /* The CN of "CN=a, O=b", or the whole subject when it has none. */
 static void common_name(const char *subject, char *buf, size_t size) {
@@ -120,32 +112,17 @@ static void set_status(report *r, row *w, int status, const char *fmt, const cha
 
 /* The checks on dates: × expired or not yet valid; ‼ a CA expiring soon. */
 static void check_dates(report *r, row *w, bool ca, uint64_t now) {
-  char when[32];
-  if (now > w->not_after) {
-    rfc3339(w->not_after, when);
-    set_status(r, w, ST_ERR, "%s expired on %s", w->kind, when);
-  } else if (now < w->not_before) {
-    rfc3339(w->not_before, when);
-    set_status(r, w, ST_ERR, "%s is not valid until %s", w->kind, when);
-  } else if (ca && w->not_after - now < WARN_WITHIN_S) {
-    rfc3339(w->not_after, when);
-    set_status(r, w, ST_WARN, "%s expires on %s, within 60 days: rotate it", w->kind, when);
-  }
+  char msg[256];
+  int st = meshctl_cert_dates(w->kind, w->not_before, w->not_after, ca, now, msg, sizeof msg);
+  if (st != ST_OK) set_status(r, w, st, "%s%s", msg, "");
 }
 
 static bool load(const char *prog, mesh_ctx *ctx, const char *path, char **text, size_t *len,
                  mesh_certs **ret) {
-  if (!meshctl_read(prog, path, MESH_CERTS_MAX_BYTES, text, len)) return false;
-  const char *why = NULL;
-  int rc = mesh_certs_parse(ctx, *text, *len, &why, ret);
-  if (rc < 0) {
-    fprintf(stderr, "%s: %s: not a PEM certificate file: %s\n", prog, path,
-            why ? why : mesh_strerror(rc));
-    free(*text);
-    *text = NULL;
-    return false;
-  }
-  return true;
+  char why[1024];
+  if (meshctl_certs_load(ctx, path, text, len, ret, why, sizeof why)) return true;
+  fprintf(stderr, "%s: %s\n", prog, why);
+  return false;
 }
 
 /* Whether chain leads to anchors: a failure other than dates (reported on
@@ -175,7 +152,7 @@ static void print_text(const report *r) {
   for (size_t i = 0; i < r->n; i++) {
     const row *x = &r->rows[i];
     char na[32], left[32];
-    rfc3339(x->not_after, na);
+    meshctl_rfc3339(x->not_after, na);
     expires_in(x->not_after, now, left);
     printf("%-*s   %-*s   %-*s   %-*s   %s\n", (int)w[0], x->name, (int)w[1], x->kind, (int)w[2],
            na, (int)w[3], left,
@@ -202,8 +179,8 @@ static bool print_json(const report *r) {
   for (size_t i = 0; list && i < r->n; i++) {
     const row *x = &r->rows[i];
     char nb[32], na[32];
-    rfc3339(x->not_before, nb);
-    rfc3339(x->not_after, na);
+    meshctl_rfc3339(x->not_before, nb);
+    meshctl_rfc3339(x->not_after, na);
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s}", "name", x->name, "kind",
                           x->kind, "file", x->file, "subject", x->subject, "notBefore", nb,
                           "notAfter", na, "expiresInSeconds",

@@ -59,7 +59,7 @@ static result *add(results *rs, const char *path, const char *file) {
   return r;
 }
 
-static bool is_manifest_name(const char *name) {
+bool meshctl_manifest_name(const char *name) {
   static const char *const suffixes[] = {".yaml", ".yml", ".json"};
   size_t n = strlen(name);
   if (name[0] == '.') return false; /* hidden files, as a shell glob skips them */
@@ -88,7 +88,7 @@ static bool expand_dir(const char *prog, results *rs, const char *dir) {
   bool ok = true;
   struct dirent *e;
   while (ok && (e = readdir(d))) {
-    if (!is_manifest_name(e->d_name)) continue;
+    if (!meshctl_manifest_name(e->d_name)) continue;
     size_t dl = strlen(dir);
     char *p = malloc(dl + strlen(e->d_name) + 2);
     if (!p) {

@@ -26,6 +26,7 @@ extern const meshctl_command meshctl_cmd_profile;
 extern const meshctl_command meshctl_cmd_version;
 extern const meshctl_command meshctl_cmd_identity, meshctl_cmd_diagnostics;
 extern const meshctl_command meshctl_cmd_get;
+extern const meshctl_command meshctl_cmd_check;
 
 /* diagnostics endpoints / profile (diag_destination.c): clients of
  * mesh-destination. argv[0] names the subcommand; usage prints the whole
@@ -46,6 +47,36 @@ bool meshctl_read(const char *prog, const char *path, size_t limit, char **buf, 
 /* Prints every diagnostic ("file:line:col: error: ...") to out. */
 void meshctl_print_diags(FILE *out, const mesh_diags *d);
 
+
+/* Outcomes of a check, and their marks as `linkerd check` prints them. */
+enum { MESHCTL_ST_OK, MESHCTL_ST_WARN, MESHCTL_ST_ERR };
+#define MESHCTL_MARK_OK "\u221a"   /* √ */
+#define MESHCTL_MARK_WARN "\u203c" /* ‼ */
+#define MESHCTL_MARK_ERR "\u00d7"  /* × */
+/* Anchors and issuers: warn this long before they expire. */
+#define MESHCTL_WARN_WITHIN_S (60ull * 86400)
+
+/* certs.c. t (seconds since the epoch) as "2026-01-02T03:04:05Z". */
+void meshctl_rfc3339(uint64_t t, char buf[32]);
+/* A certificate's dates at now: MESHCTL_ST_ERR when expired or not yet valid,
+ * MESHCTL_ST_WARN for a CA that expires within 60 days, else MESHCTL_ST_OK.
+ * msg gets why ("issuer expired on ..."; empty when ok); kind names it. */
+int meshctl_cert_dates(const char *kind, uint64_t not_before, uint64_t not_after, bool ca,
+                       uint64_t now, char *msg, size_t size);
+/* Reads and parses a PEM file (text: its bytes, NUL-terminated, freed by the
+ * caller). False with why ("PATH: reason") and nothing to free on failure. */
+bool meshctl_certs_load(mesh_ctx *ctx, const char *path, char **text, size_t *len,
+                        mesh_certs **ret, char *why, size_t size);
+
+/* cmd_validate.c: whether a directory entry is a manifest (*.yaml, *.yml,
+ * *.json, not hidden), as `meshctl validate -f DIR` picks them. */
+bool meshctl_manifest_name(const char *name);
+
+/* http.c: GET http://addr/path (addr "HOST:PORT", "[V6]:PORT"), all within
+ * timeout_ms, reading at most limit bytes of body. 0 with the status and
+ * body (NUL-terminated, freed by the caller), or -1 with why. */
+int meshctl_http_get(const char *addr, const char *path, int timeout_ms, size_t limit,
+                     int *status, char **body, size_t *len, char *why, size_t size);
 
 /* Prints "Run 'meshctl <cmd> --help' for usage." and returns MESHCTL_USAGE. */
 int meshctl_usage_error(const char *prog);
