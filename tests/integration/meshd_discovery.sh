@@ -6,22 +6,7 @@ dest=$(realpath "$2")
 pki=$(realpath "$3")
 load=$(realpath "$4")
 peers=$(realpath "$5")
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-cd "$tmp"
-
-fail() {
-  echo "FAIL: $*"
-  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
-  exit 1
-}
-PY=/usr/bin/python3
+. "$(dirname "$(realpath "$0")")/meshd_lib.sh"
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 T0=$(now_ms)
 ok() { echo "ok (at $(($(now_ms) - T0)) ms): $*"; }
@@ -90,10 +75,6 @@ MESH_PROXY_WORKLOAD_NAMESPACE=default timeout 110 "$meshd" --identity-dir client
   --log-level debug >client.log 2>&1 &
 pids+=($!)
 
-wait_http() { # url: until it answers 200
-  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  fail "$1 does not answer"
-}
 wait_http "http://127.0.0.1:$P_CADM/ready"
 wait_http "http://127.0.0.2:$P_S1ADM/ready"
 wait_http "http://127.0.0.3:$P_S2ADM/ready"

@@ -5,24 +5,7 @@ meshd=$(realpath "$1")  # meson may pass paths relative to the build dir
 pki=$(realpath "$2")
 load=$(realpath "$3")
 peers=$(realpath "$4")
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-cd "$tmp"
-
-fail() {
-  echo "FAIL: $*"
-  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
-  exit 1
-}
-ok() { echo "ok: $*"; }
-# Debian's interpreter: it has python3-grpcio, and a pyenv shim costs seconds a call.
-PY=/usr/bin/python3
+. "$(dirname "$(realpath "$0")")/meshd_lib.sh"
 peer() { timeout 60 "$PY" "$peers" "$@"; }
 WEB=web.default.serviceaccount.identity.linkerd.cluster.local
 CLIENT=client.default.serviceaccount.identity.linkerd.cluster.local
@@ -69,10 +52,6 @@ timeout 170 "$meshd" --identity-dir client --outbound-listen-addr "127.0.0.1:$P_
   --log-level debug >client.log 2>&1 &
 pids+=($!)
 
-wait_http() { # url: until it answers 200
-  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  fail "$1 does not answer"
-}
 wait_http "http://127.0.0.1:$P_CADM/ready"
 wait_http "http://127.0.0.2:$P_SADM/ready"
 wait_http "http://127.0.0.1:$P_APP/"

@@ -5,23 +5,7 @@ meshd=$(realpath "$1")  # meson may pass paths relative to the build dir
 pki=$(realpath "$2")
 load=$(realpath "$3")
 peers=$(realpath "$4")
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-cd "$tmp"
-
-fail() {
-  echo "FAIL: $*"
-  for f in *.log; do [ -f "$f" ] && { echo "--- $f"; grep -v DEBUG "$f" | tail -n 20; }; done
-  exit 1
-}
-ok() { echo "ok: $*"; }
-PY=/usr/bin/python3
+. "$(dirname "$(realpath "$0")")/meshd_lib.sh"
 EXAM=exam-api.production.serviceaccount.identity.linkerd.cluster.local
 FRONTEND=frontend.production.serviceaccount.identity.linkerd.cluster.local
 
@@ -88,10 +72,6 @@ client mobile "$P_M" "$P_MADM"
 client other "$P_O" "$P_OADM" "$P_OECHO"
 client named "$P_N" "$P_NADM"
 
-wait_http() {
-  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  fail "$1 does not answer"
-}
 wait_http "http://127.0.0.2:$P_SADM/ready"
 for a in "$P_FADM" "$P_MADM" "$P_OADM" "$P_NADM"; do wait_http "http://127.0.0.1:$a/ready"; done
 wait_http "http://127.0.0.1:$P_APP/"

@@ -5,23 +5,7 @@ meshd=$(realpath "$1")  # meson may pass paths relative to the build dir
 pki=$(realpath "$2")
 load=$(realpath "$3")
 peers=$(realpath "$4")
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-cd "$tmp"
-
-fail() {
-  echo "FAIL: $*"
-  for f in *.log *.out; do [ -f "$f" ] && { echo "--- $f"; grep -v DEBUG "$f" | tail -n 30; }; done
-  exit 1
-}
-ok() { echo "ok: $*"; }
-PY=/usr/bin/python3
+. "$(dirname "$(realpath "$0")")/meshd_lib.sh"
 WEB=web.default.serviceaccount.identity.linkerd.cluster.local
 
 "$pki" "$tmp" client default client server default web >/dev/null
@@ -101,10 +85,6 @@ timeout 250 "$meshd" --identity-dir client --outbound-listen-addr "" --inbound-l
   --outbound-port-map "127.0.0.1:$P_SPLIT=web-split.default.svc.cluster.local:80" >client.log 2>&1 &
 pids+=($!)
 
-wait_http() { # url: until it answers 200
-  for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  fail "$1 does not answer"
-}
 wait_http "http://127.0.0.1:$P_CADM/ready"
 wait_http "http://127.0.0.2:$P_SADMA/ready"
 wait_http "http://127.0.0.3:$P_SADMB/ready"
