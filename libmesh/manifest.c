@@ -233,16 +233,8 @@ int mesh_manifest_load_buffer(mesh_ctx *ctx, const char *file, const char *buf, 
   return 0;
 }
 
-int mesh_manifest_load_file(mesh_ctx *ctx, const char *path, mesh_diags *diags,
-                            mesh_manifest **ret) {
-  if (!ctx || !path || !ret) return MESH_ERR_INVALID;
-  bool is_stdin = strcmp(path, "-") == 0;
-  const char *name = is_stdin ? "<stdin>" : path;
-  int fd = is_stdin ? 0 : open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    mesh__diag_add(diags, MESH_DIAG_ERROR, name, 0, 0, "cannot open: %s", strerror(errno));
-    return MESH_ERR_IO;
-  }
+int mesh__manifest_read_fd(mesh_ctx *ctx, int fd, const char *name, mesh_diags *diags,
+                           char **ret, size_t *ret_len) {
   /* Read at most one byte past the limit, so an oversized file is reported
    * as such without reading all of it. */
   size_t cap = 64 * 1024, len = 0;
@@ -268,13 +260,35 @@ int mesh_manifest_load_file(mesh_ctx *ctx, const char *path, mesh_diags *diags,
     if (n <= 0) break;
     len += (size_t)n;
   }
-  if (!is_stdin) close(fd);
   if (rc == 0 && len > MESH_MANIFEST_MAX_BYTES) {
     mesh__diag_add(diags, MESH_DIAG_ERROR, name, 0, 0,
                    "file is larger than the %u-byte limit for manifests",
                    (unsigned)MESH_MANIFEST_MAX_BYTES);
     rc = MESH_ERR_LIMIT;
   }
+  if (rc) {
+    mesh__free(ctx, buf);
+    return rc;
+  }
+  *ret = buf;
+  *ret_len = len;
+  return 0;
+}
+
+int mesh_manifest_load_file(mesh_ctx *ctx, const char *path, mesh_diags *diags,
+                            mesh_manifest **ret) {
+  if (!ctx || !path || !ret) return MESH_ERR_INVALID;
+  bool is_stdin = strcmp(path, "-") == 0;
+  const char *name = is_stdin ? "<stdin>" : path;
+  int fd = is_stdin ? 0 : open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    mesh__diag_add(diags, MESH_DIAG_ERROR, name, 0, 0, "cannot open: %s", strerror(errno));
+    return MESH_ERR_IO;
+  }
+  char *buf = NULL;
+  size_t len = 0;
+  int rc = mesh__manifest_read_fd(ctx, fd, name, diags, &buf, &len);
+  if (!is_stdin) close(fd);
   if (rc == 0) rc = mesh_manifest_load_buffer(ctx, name, buf, len, diags, ret);
   mesh__free(ctx, buf);
   return rc;

@@ -10,5 +10,10 @@
 
 /* The tree of document i, owned by m. */
 const mesh__node *mesh__manifest_node(const mesh_manifest *m, size_t i);
+/* All of fd, at most MESH_MANIFEST_MAX_BYTES (MESH_ERR_LIMIT past it),
+ * into *ret (freed with mesh__free) and *ret_len; name is for diagnostics.
+ * MESH_ERR_IO, MESH_ERR_NOMEM. The caller closes fd. */
+int mesh__manifest_read_fd(mesh_ctx *ctx, int fd, const char *name, mesh_diags *diags,
+                           char **ret, size_t *ret_len);
 
 #endif

@@ -1590,7 +1590,7 @@ static void files_free(mesh_ctx *ctx, file_buf *f, size_t n) {
   mesh__free(ctx, f);
 }
 
-/* Reads at most one byte past the manifest limit. */
+/* The file, bounded as manifests are (mesh__manifest_read_fd). */
 static int read_whole(mesh_ctx *ctx, const char *path, mesh_diags *diags, file_buf *f) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -1603,43 +1603,9 @@ static int read_whole(mesh_ctx *ctx, const char *path, mesh_diags *diags, file_b
     close(fd);
     return 1; /* a directory named x.yaml: not a manifest */
   }
-  size_t cap = 64 * 1024, len = 0;
-  char *buf = mesh__malloc(ctx, cap);
-  int rc = buf ? 0 : MESH_ERR_NOMEM;
-  while (rc == 0) {
-    if (len == cap) {
-      if (cap > MESH_MANIFEST_MAX_BYTES) break;
-      char *nb = mesh__realloc(ctx, buf, cap * 2);
-      if (!nb) {
-        rc = MESH_ERR_NOMEM;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    ssize_t n = read(fd, buf + len, cap - len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      mesh__diag_add(diags, MESH_DIAG_ERROR, path, 0, 0, "cannot read: %s", strerror(errno));
-      rc = MESH_ERR_IO;
-    }
-    if (n <= 0) break;
-    len += (size_t)n;
-  }
+  int rc = mesh__manifest_read_fd(ctx, fd, path, diags, &f->buf, &f->len);
   close(fd);
-  if (rc == 0 && len > MESH_MANIFEST_MAX_BYTES) {
-    mesh__diag_add(diags, MESH_DIAG_ERROR, path, 0, 0,
-                   "file is larger than the %u-byte limit for manifests",
-                   (unsigned)MESH_MANIFEST_MAX_BYTES);
-    rc = MESH_ERR_LIMIT;
-  }
-  if (rc < 0) {
-    mesh__free(ctx, buf);
-    return rc;
-  }
-  f->buf = buf;
-  f->len = len;
-  return 0;
+  return rc;
 }
 
 /* Reads every manifest file of the directory (sorted by name) and their hash. */
