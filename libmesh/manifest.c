@@ -233,6 +233,13 @@ int mesh_manifest_load_buffer(mesh_ctx *ctx, const char *file, const char *buf, 
   return 0;
 }
 
+bool mesh__manifest_file_name(const char *n) {
+  size_t l = strlen(n);
+  if (n[0] == '.') return false; /* editors' and tools' temporary files */
+  return (l > 5 && !strcmp(n + l - 5, ".yaml")) || (l > 4 && !strcmp(n + l - 4, ".yml")) ||
+         (l > 5 && !strcmp(n + l - 5, ".json"));
+}
+
 int mesh__manifest_read_fd(mesh_ctx *ctx, int fd, const char *name, mesh_diags *diags,
                            char **ret, size_t *ret_len) {
   /* Read at most one byte past the limit, so an oversized file is reported

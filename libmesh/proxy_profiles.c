@@ -11,6 +11,7 @@
 
 #include "ctx_internal.h"
 #include "diag_internal.h"
+#include "manifest_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_profiles_internal.h"
 
@@ -99,12 +100,6 @@ static int dst_finish(mesh_ctx *ctx, proxy_dst *d) {
   return 0;
 }
 
-static int wanted(const char *name) {
-  const char *dot = strrchr(name, '.');
-  return name[0] != '.' && dot &&
-         (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml") || !strcmp(dot, ".json"));
-}
-
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -121,7 +116,7 @@ int mesh__proxy_dir_files(mesh_ctx *ctx, const char *dir, char ***ret, size_t *n
   int rc = v ? 0 : MESH_ERR_NOMEM;
   struct dirent *e;
   while (!rc && (e = readdir(dh))) {
-    if (!wanted(e->d_name)) continue;
+    if (!mesh__manifest_file_name(e->d_name)) continue;
     if (k == PROFILE_FILES_MAX) {
       *why = "more than 1000 manifest files";
       rc = MESH_ERR_LIMIT;
@@ -157,7 +152,7 @@ uint64_t mesh__proxy_dir_stamp(const char *dir) {
   struct dirent *e;
   char path[4096];
   while ((e = readdir(dh))) {
-    if (!wanted(e->d_name)) continue;
+    if (!mesh__manifest_file_name(e->d_name)) continue;
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     struct stat st;
     if (stat(path, &st) != 0) continue;

@@ -1564,13 +1564,6 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static bool manifest_name(const char *n) {
-  size_t l = strlen(n);
-  if (n[0] == '.') return false; /* editors' and tools' temporary files */
-  return (l > 5 && !strcmp(n + l - 5, ".yaml")) || (l > 4 && !strcmp(n + l - 4, ".yml")) ||
-         (l > 5 && !strcmp(n + l - 5, ".json"));
-}
-
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -1624,7 +1617,7 @@ static int read_dir(mesh_store *st, mesh_diags *diags, file_buf **ret, size_t *r
   int rc = 0;
   struct dirent *e;
   while (rc == 0 && (e = readdir(d))) {
-    if (!manifest_name(e->d_name)) continue;
+    if (!mesh__manifest_file_name(e->d_name)) continue;
     if (n == MESH_STORE_MAX_FILES) {
       mesh__diag_add(diags, MESH_DIAG_ERROR, dir, 0, 0, "more than %u manifest files",
                      (unsigned)MESH_STORE_MAX_FILES);
