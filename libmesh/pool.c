@@ -54,7 +54,6 @@ struct target {
   uint32_t nconns, nconnecting;
   pool_wait *wq, *wq_tail;
   uint32_t nwait;
-  uint32_t fails;
   const char *last_code;
   char last_why[160];
   int last_err;
@@ -126,7 +125,6 @@ static void fail_waiters(target *t) {
 static void pconn_failed(pconn *pc, int err, const char *code, const char *why) {
   target *t = pc->t;
   mesh_pool *pl = t->pl;
-  t->fails++;
   t->last_err = err;
   t->last_code = code;
   snprintf(t->last_why, sizeof t->last_why, "%s", why ? why : code);
@@ -159,7 +157,6 @@ static void pconn_ready(pconn *pc) {
   if (t->pl->o.obs.open) pc->token = t->pl->o.obs.open(t->pl->o.obs.ud, bev, &t->k);
   pc->state = PC_READY;
   t->nconnecting--;
-  t->fails = 0;
   event_del(pc->timer);
   serve_later(t);
 }

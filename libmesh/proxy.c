@@ -553,6 +553,26 @@ static int endpoints_reload(mesh_proxy *p, int force) {
   return 0;
 }
 
+/* A directory (profiles, policy) that did not load: at start the reason
+ * goes to *start_err and mesh_proxy_new fails; later it is logged and the
+ * previous set stays. The reason is the first error, not a warning. */
+static void dir_rejected(mesh_proxy *p, const char *what, const char *dir, int rc,
+                         const char *why, mesh_diags *d, const char **start_err) {
+  const char *first = why ? why : mesh_strerror(rc);
+  for (size_t i = 0; d && !why && i < mesh_diags_count(d); i++)
+    if (mesh_diags_severity(d, i) == MESH_DIAG_ERROR) {
+      first = mesh_diags_text(d, i);
+      break;
+    }
+  if (start_err) {
+    snprintf(start_why, sizeof start_why, "%s %s: %s", what, dir, first);
+    *start_err = start_why;
+  } else {
+    mesh__log(p->ctx, MESH_LOG_ERROR, "%s %s rejected, keeping the previous set: %s%s", what, dir,
+              first, d && mesh_diags_errors(d) > 1 ? " (and more)" : "");
+  }
+}
+
 /* Load the profiles directory when it changed (or when forced). */
 static int profiles_reload(mesh_proxy *p, int force, const char **start_err) {
   const char *dir = p->o->profiles_dir;
@@ -566,14 +586,7 @@ static int profiles_reload(mesh_proxy *p, int force, const char **start_err) {
   int rc = mesh_diags_new(p->ctx, &d);
   if (!rc) rc = mesh__proxy_profiles_load(p->ctx, dir, d, &t, &why);
   if (rc) {
-    const char *first = why ? why : d && mesh_diags_count(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc);
-    if (start_err) {
-      snprintf(start_why, sizeof start_why, "profiles %s: %s", dir, first);
-      *start_err = start_why;
-    } else {
-      mesh__log(p->ctx, MESH_LOG_ERROR, "profiles %s rejected, keeping the previous ones: %s%s", dir,
-                first, d && mesh_diags_count(d) > 1 ? " (and more)" : "");
-    }
+    dir_rejected(p, "profiles", dir, rc, why, d, start_err);
     mesh_diags_free(d);
     return rc;
   }
@@ -597,19 +610,7 @@ static int policy_reload(mesh_proxy *p, int force, const char **start_err) {
   int rc = mesh_diags_new(p->ctx, &d);
   if (!rc) rc = mesh__proxy_policy_load(p, d, &pol, &why);
   if (rc) {
-    const char *first = why ? why : d && mesh_diags_errors(d) ? mesh_diags_text(d, 0) : mesh_strerror(rc);
-    for (size_t i = 0; d && !why && i < mesh_diags_count(d); i++)
-      if (mesh_diags_severity(d, i) == MESH_DIAG_ERROR) {
-        first = mesh_diags_text(d, i);
-        break;
-      }
-    if (start_err) {
-      snprintf(start_why, sizeof start_why, "policy %s: %s", dir, first);
-      *start_err = start_why;
-    } else {
-      mesh__log(p->ctx, MESH_LOG_ERROR, "policy %s rejected, keeping the previous one: %s", dir,
-                first);
-    }
+    dir_rejected(p, "policy", dir, rc, why, d, start_err);
     mesh_diags_free(d);
     return rc;
   }
