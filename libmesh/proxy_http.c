@@ -468,7 +468,11 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   const char *grpc = mh_head_get(h, "grpc-status"); /* trailers-only answers */
   int failed = rt_failure(r, h->status, grpc);
   rt_actual(r, h->status, grpc);
-  pick_done(r, !failed);
+  /* The endpoint answered: a success for its breaker, whatever the status
+   * (as Linkerd's default, failure accrual counts connection failures, not
+   * the application's 5xx: a service failing 30% would otherwise eject
+   * every endpoint in turn). */
+  pick_done(r, 1);
   /* A failure the caller has not seen yet may be retried (not when its
    * request is still being sent: then the body is not all here). */
   if (failed && r->sent_end[REQ] && retry(r)) return;
