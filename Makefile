@@ -11,11 +11,13 @@ DEPS = meson ninja-build pkg-config gcc g++ python3 \
        libmbedtls-dev libnghttp2-dev libc-ares-dev libevent-dev libjansson-dev \
        libyaml-dev check libpcre2-dev libhttp-parser-dev \
        openssl curl nghttp2-client iproute2 iptables
-TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server
+TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server dnsmasq-base
+# The demo's gRPC service and client (Debian's interpreter).
+DEMO_DEPS = python3-grpcio
 # Only for `make bench`: the proxies the HTTP benchmark compares meshd with (the tests do not need them).
 BENCH_DEPS = nginx-light haproxy
 
-.PHONY: all deps test-deps build demo test bench clean
+.PHONY: all deps test-deps build demo demo-down test bench clean
 
 all: build
 
@@ -38,7 +40,12 @@ build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
 demo: build
+	@$(MAKE) --no-print-directory deps EXTRA_DEPS="$(DEMO_DEPS)"
 	@bash examples/demo/demo.sh $(BUILD)
+
+# Stops every process `make demo` started and removes its files.
+demo-down:
+	@bash examples/demo/demo.sh down
 
 test: test-deps $(BUILD)/build.ninja
 	@bash tests/run.sh $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ) $(FUZZ_SECONDS)

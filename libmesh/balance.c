@@ -339,6 +339,19 @@ size_t mesh_balance_ready_count(mesh_balance *b) {
   return n;
 }
 
+/* Computed from the open list rather than read from next_wake, which may
+ * be early once an open endpoint is removed: a timer armed at a stale
+ * moment would find nothing and be armed again at once. O(open breakers). */
+uint64_t mesh_balance_next_ready_ns(mesh_balance *b) {
+  if (!b) return UINT64_MAX;
+  pthread_mutex_lock(&b->lock);
+  uint64_t next = UINT64_MAX;
+  for (size_t i = 0; i < b->open.n; i++)
+    if (b->open.v[i]->retry_at < next) next = b->open.v[i]->retry_at;
+  pthread_mutex_unlock(&b->lock);
+  return next;
+}
+
 mesh_endpoint *mesh_balance_endpoint(mesh_balance *b, size_t i) {
   if (!b) return NULL;
   pthread_mutex_lock(&b->lock);

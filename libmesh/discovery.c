@@ -1,4 +1,4 @@
-/* libmesh discovery: mesh-destination's Get streams kept per authority, as endpoint sets with a balancer each, for the proxy. */
+/* libmesh discovery: mesh-destination's Get and GetProfile streams kept per authority, as endpoint sets with a balancer each and profiles, for the proxy. */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,13 +9,17 @@
 
 #include <mesh/error.h>
 #include <mesh/identity.h>
+#include <mesh/profile.h>
 #include <mesh/rpc.h>
+#include <mesh/split.h>
 
 #include "ctx_internal.h"
 #include "discovery_internal.h"
 #include "proxy_internal.h"
+#include "proxy_profiles_internal.h"
 
 #define GET_PATH "/io.linkerd.proxy.destination.Destination/Get"
+#define PROFILE_PATH "/io.linkerd.proxy.destination.Destination/GetProfile"
 #define BUCKETS 1024u
 #define SWEEP_MS 1000u
 
@@ -284,12 +288,29 @@ int mesh__disc_set_pick(disc_set *s, uint64_t now_ns, uint32_t a, uint32_t b,
 
 typedef struct auth auth;
 
+/* The two streams an authority may have: Get (its endpoints, asked for
+ * whenever a request goes to it) and GetProfile (its profile, asked for
+ * when it is a request's logical destination). */
+enum { W_GET = 0, W_PROFILE = 1 };
+
+typedef struct {
+  auth *a;
+  int kind;
+  int on; /* asked for: kept open, and opened again after failures, while the authority lives */
+  mesh_rpc_stream *st;
+  struct event *timer; /* reconnect, after backoff */
+  uint32_t backoff_ms;
+  uint64_t opened_ns;
+  int first; /* the stream's next message is its first: the whole state */
+} watch;
+
 struct disc_wait {
   auth *a;
   disc_wait *prev, *next;
   struct event *ev;
   disc_wait_fn fn;
   void *ud;
+  int kind; /* W_GET: endpoints; W_PROFILE: the profile */
   int answered;
 };
 
@@ -298,11 +319,12 @@ struct auth {
   auth *hnext, *prev, *next;
   char *name;
   disc_set *set;
-  mesh_rpc_stream *st;
-  struct event *timer; /* reconnect, after backoff */
-  uint32_t backoff_ms;
-  uint64_t used_ns, opened_ns;
-  int first; /* the stream's next message is its first: the whole state */
+  watch w[2];
+  proxy_profiles *prof; /* the last good profile (one destination); NULL: none */
+  int pstate;           /* DISC_PENDING until the first GetProfile answer, then DISC_READY */
+  int pgave_up;         /* a first wait for the profile ran out: later requests do not wait */
+  int shadow_logged;    /* the local profile's precedence was logged */
+  uint64_t used_ns;
   disc_wait *waiters;
 };
 
@@ -319,9 +341,15 @@ struct mesh_discovery {
   size_t n;
   struct event *sweep;
   uint32_t wait_ms;
+  void (*changed)(void *ud); /* after an endpoints update */
+  void *changed_ud;
   uint64_t rng;
-  mesh_metric_series *streams, *updates, *reconnects;
+  /* Per stream kind (W_GET, W_PROFILE); rejects: GetProfile messages ignored. */
+  mesh_metric_series *streams[2], *updates[2], *reconnects[2], *rejects;
 };
+
+static const char *const kind_path[2] = {GET_PATH, PROFILE_PATH};
+static const char *const kind_what[2] = {"", "profile "}; /* in log lines */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -347,63 +375,119 @@ static void arm(struct event *ev, uint64_t ms) {
   event_add(ev, &tv);
 }
 
-static void open_stream(auth *a);
+static void open_stream(watch *w);
 
 /* Reconnect later: 100 ms doubling to 10 s, each delay drawn in [d/2, d]. */
-static void backoff(auth *a) {
-  mesh_discovery *d = a->d;
-  uint32_t b = a->backoff_ms ? a->backoff_ms : DISC_BACKOFF_MIN_MS;
-  uint32_t delay = b / 2 + rnd(d) % (b / 2 + 1);
-  a->backoff_ms = b * 2 > DISC_BACKOFF_MAX_MS ? DISC_BACKOFF_MAX_MS : b * 2;
-  arm(a->timer, delay);
+uint32_t mesh__discovery_backoff(mesh_discovery *d, uint32_t *backoff_ms) {
+  uint32_t b = *backoff_ms ? *backoff_ms : DISC_BACKOFF_MIN_MS;
+  *backoff_ms = b * 2 > DISC_BACKOFF_MAX_MS ? DISC_BACKOFF_MAX_MS : b * 2;
+  return b / 2 + rnd(d) % (b / 2 + 1);
 }
 
-static void wake(auth *a) {
-  if (a->set->state == DISC_PENDING) return; /* a remove before any add: still nothing known */
+static void backoff(watch *w) { arm(w->timer, mesh__discovery_backoff(w->a->d, &w->backoff_ms)); }
+
+/* Tell the waiters of kind that their wait is over (answered: there is an answer now). */
+static void wake(auth *a, int kind, int answered) {
   for (disc_wait *w = a->waiters; w; w = w->next) {
-    w->answered = 1;
+    if (w->kind != kind) continue;
+    w->answered = answered;
     event_del(w->ev);
     event_active(w->ev, EV_TIMEOUT, 1);
   }
 }
 
-static void on_message(void *ud, const char *line, size_t len) {
-  auth *a = ud;
+static void on_endpoints(watch *w, const char *line, size_t len) {
+  auth *a = w->a;
   const char *why = NULL;
-  int rc = mesh__disc_set_apply(a->set, line, len, a->first, &why);
-  a->first = 0;
+  int rc = mesh__disc_set_apply(a->set, line, len, w->first, &why);
+  w->first = 0;
   if (rc) { /* the state is kept: a bad message changes nothing */
     mesh__log(a->d->ctx, MESH_LOG_WARN, "destination %s: update ignored (%s: %s)", a->name,
               mesh_strerror(rc), why);
     return;
   }
-  mesh_metrics_inc(a->d->updates, 1);
+  mesh_metrics_inc(a->d->updates[W_GET], 1);
   mesh__log(a->d->ctx, MESH_LOG_DEBUG, "destination %s: %zu endpoints%s", a->name, a->set->n,
             a->set->state == DISC_NOT_FOUND ? " (no such service)" : "");
-  wake(a);
+  /* A remove before any add: still nothing known. */
+  if (a->set->state != DISC_PENDING) wake(a, W_GET, 1);
+  if (a->d->changed) a->d->changed(a->d->changed_ud);
+}
+
+/* A GetProfile message is the whole profile: checked whole, then swapped
+ * in; requests in flight keep the one they started with (their reference). */
+static void on_profile(watch *w, const char *line, size_t len) {
+  auth *a = w->a;
+  mesh_discovery *d = a->d;
+  mesh_profile *prof = NULL;
+  proxy_profiles *t = NULL;
+  char why[512];
+  mesh__ann ann;
+  int has_ann = 0;
+  int rc = mesh__disc_profile_parse_ann(d->ctx, line, len, &prof, &ann, &has_ann, why, sizeof why);
+  if (!rc && prof && (rc = mesh__proxy_profiles_one(d->ctx, prof, &t)))
+    snprintf(why, sizeof why, "out of memory");
+  else if (!rc && has_ann && (rc = mesh__proxy_profiles_ann(d->ctx, a->name, &ann, &t)))
+    snprintf(why, sizeof why, "out of memory");
+  w->first = 0;
+  if (rc) {
+    mesh_metrics_inc(d->rejects, 1);
+    mesh__log(d->ctx, MESH_LOG_WARN, "destination %s: profile update ignored, keeping %s (%s: %s)",
+              a->name, a->prof ? "the last good profile" : "none", mesh_strerror(rc), why);
+  } else {
+    mesh__proxy_profiles_unref(a->prof);
+    a->prof = t;
+    mesh_metrics_inc(d->updates[W_PROFILE], 1);
+    const mesh_split *sp = mesh_profile_dst_overrides(prof);
+    mesh__log(d->ctx, MESH_LOG_DEBUG, "destination %s: profile %s: %zu routes, %zu dst_overrides",
+              a->name, prof ? mesh_profile_name(prof) : "(none)", mesh_profile_route_count(prof),
+              sp ? mesh_split_count(sp) : 0);
+  }
+  mesh_profile_unref(prof);
+  /* A rejected message is an answer too: nothing better is on its way, so
+   * a first request does not wait it out. */
+  a->pstate = DISC_READY;
+  wake(a, W_PROFILE, 1);
+}
+
+static void on_message(void *ud, const char *line, size_t len) {
+  watch *w = ud;
+  if (w->kind == W_GET) on_endpoints(w, line, len);
+  else on_profile(w, line, len);
 }
 
 static void on_end(void *ud, int status, const char *error) {
-  auth *a = ud;
-  a->st = NULL;
-  mesh_metrics_dec(a->d->streams, 1);
+  watch *w = ud;
+  auth *a = w->a;
+  w->st = NULL;
+  mesh_metrics_dec(a->d->streams[w->kind], 1);
   /* The backoff starts over after a stream that lived; one that keeps
    * ending at once (a server that answers and hangs up) backs off. */
-  if (now_ns() - a->opened_ns > (uint64_t)DISC_BACKOFF_MAX_MS * 1000000u) a->backoff_ms = 0;
+  if (now_ns() - w->opened_ns > (uint64_t)DISC_BACKOFF_MAX_MS * 1000000u) w->backoff_ms = 0;
   /* Keep serving from the last known state while the control plane is away. */
-  mesh__log(a->d->ctx, a->set->state == DISC_PENDING ? MESH_LOG_WARN : MESH_LOG_INFO,
-            "destination %s: stream ended (%s: %s); keeping %zu endpoints, reconnecting",
-            a->name, status < 0 ? mesh_strerror(status) : "answered",
-            status < 0 ? (error ? error : "") : (error ? error : "end of stream"), a->set->n);
-  backoff(a);
+  int known = w->kind == W_GET ? a->set->state != DISC_PENDING : a->pstate != DISC_PENDING;
+  char keep[64];
+  if (w->kind == W_GET) snprintf(keep, sizeof keep, "%zu endpoints", a->set->n);
+  else snprintf(keep, sizeof keep, "%s", a->prof ? "the last profile" : "no profile");
+  mesh__log(a->d->ctx, known ? MESH_LOG_INFO : MESH_LOG_WARN,
+            "destination %s: %sstream ended (%s: %s); keeping %s, reconnecting", a->name,
+            kind_what[w->kind], status < 0 ? mesh_strerror(status) : "answered",
+            status < 0 ? (error ? error : "") : (error ? error : "end of stream"), keep);
+  /* A profile never came: the requests waiting for one go on without it
+   * rather than sit out the wait (the endpoints wait has its own bound). */
+  if (w->kind == W_PROFILE && !known) {
+    a->pgave_up = 1;
+    wake(a, W_PROFILE, 0);
+  }
+  backoff(w);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg) {
-  auth *a = arg;
+  watch *w = arg;
   (void)fd;
   (void)what;
-  mesh_metrics_inc(a->d->reconnects, 1);
-  open_stream(a);
+  mesh_metrics_inc(w->a->d->reconnects[w->kind], 1);
+  open_stream(w);
 }
 
 static int client(mesh_discovery *d) {
@@ -416,7 +500,15 @@ static int client(mesh_discovery *d) {
                              d->plaintext ? NULL : d->server_id, &d->cl);
 }
 
-static void open_stream(auth *a) {
+int mesh__discovery_stream(mesh_discovery *d, const char *path, const char *body,
+                           mesh_rpc_message_fn message_fn, mesh_rpc_end_fn end_fn, void *ud,
+                           mesh_rpc_stream **ret) {
+  int rc = client(d);
+  return rc ? rc : mesh_rpc_client_stream(d->cl, path, body, strlen(body), message_fn, end_fn, ud, ret);
+}
+
+static void open_stream(watch *w) {
+  auth *a = w->a;
   mesh_discovery *d = a->d;
   json_t *tok = json_pack("{s:s}", "ns", d->ns);
   char *token = tok ? json_dumps(tok, JSON_COMPACT) : NULL;
@@ -424,20 +516,29 @@ static void open_stream(auth *a) {
   char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
   int rc = body ? client(d) : MESH_ERR_NOMEM;
   if (!rc)
-    rc = mesh_rpc_client_stream(d->cl, GET_PATH, body, strlen(body), on_message, on_end, a, &a->st);
+    rc = mesh_rpc_client_stream(d->cl, kind_path[w->kind], body, strlen(body), on_message, on_end,
+                                w, &w->st);
   free(body);
   json_decref(req);
   free(token);
   json_decref(tok);
   if (rc) {
-    mesh__log(d->ctx, MESH_LOG_WARN, "destination %s: cannot watch (%s); retrying", a->name,
-              mesh_strerror(rc));
-    backoff(a);
+    mesh__log(d->ctx, MESH_LOG_WARN, "destination %s: cannot watch %s(%s); retrying", a->name,
+              kind_what[w->kind], mesh_strerror(rc));
+    backoff(w);
     return;
   }
-  a->opened_ns = now_ns();
-  a->first = 1;
-  mesh_metrics_inc(d->streams, 1);
+  w->opened_ns = now_ns();
+  w->first = 1;
+  mesh_metrics_inc(d->streams[w->kind], 1);
+}
+
+/* The stream of kind, opened the first time it is asked for. */
+static void want(auth *a, int kind) {
+  watch *w = &a->w[kind];
+  if (w->on) return;
+  w->on = 1;
+  open_stream(w);
 }
 
 static void wait_free(disc_wait *w) {
@@ -450,12 +551,14 @@ static void wait_free(disc_wait *w) {
 
 static void auth_free(auth *a) {
   mesh_discovery *d = a->d;
-  if (a->st) {
-    mesh_rpc_stream_cancel(a->st);
-    mesh_metrics_dec(d->streams, 1);
+  for (int k = 0; k < 2; k++) {
+    if (a->w[k].st) {
+      mesh_rpc_stream_cancel(a->w[k].st);
+      mesh_metrics_dec(d->streams[k], 1);
+    }
+    if (a->w[k].timer) event_free(a->w[k].timer);
   }
   while (a->waiters) wait_free(a->waiters);
-  if (a->timer) event_free(a->timer);
   auth **pp = &d->buckets[hash(a->name)];
   while (*pp && *pp != a) pp = &(*pp)->hnext;
   if (*pp) *pp = a->hnext;
@@ -464,11 +567,13 @@ static void auth_free(auth *a) {
   if (a->next) a->next->prev = a->prev;
   d->n--;
   mesh__disc_set_unref(a->set);
+  mesh__proxy_profiles_unref(a->prof); /* requests in flight hold their own reference */
   mesh__free(d->ctx, a->name);
   mesh__free(d->ctx, a);
 }
 
-/* The idle cache: an authority nobody looked up for DISC_IDLE_MS goes. */
+/* The idle cache: an authority nobody looked up for DISC_IDLE_MS goes,
+ * both of its streams with it. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg) {
   mesh_discovery *d = arg;
   (void)fd;
@@ -489,8 +594,9 @@ static auth *lookup(mesh_discovery *d, const char *name) {
   return NULL;
 }
 
-int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **ret) {
-  *ret = NULL;
+/* The cache entry of authority, created (with no stream yet) when absent,
+ * and marked used. */
+static int entry(mesh_discovery *d, const char *authority, auth **ret) {
   if (strlen(authority) > DISC_AUTHORITY_MAX) return MESH_ERR_LIMIT;
   auth *a = lookup(d, authority);
   if (!a) {
@@ -499,9 +605,16 @@ int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **re
     if (!a) return MESH_ERR_NOMEM;
     a->d = d;
     a->name = mesh__strdup(d->ctx, authority);
-    a->timer = evtimer_new(d->base, on_retry, a);
-    if (!a->name || !a->timer || mesh__disc_set_new(d->ctx, &a->set)) {
-      if (a->timer) event_free(a->timer);
+    int ok = a->name && !mesh__disc_set_new(d->ctx, &a->set);
+    for (int k = 0; k < 2; k++) {
+      a->w[k].a = a;
+      a->w[k].kind = k;
+      ok = ok && (a->w[k].timer = evtimer_new(d->base, on_retry, &a->w[k]));
+    }
+    if (!ok) {
+      for (int k = 0; k < 2; k++)
+        if (a->w[k].timer) event_free(a->w[k].timer);
+      mesh__disc_set_unref(a->set);
       mesh__free(d->ctx, a->name);
       mesh__free(d->ctx, a);
       return MESH_ERR_NOMEM;
@@ -513,11 +626,37 @@ int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **re
     if (d->all) d->all->prev = a;
     d->all = a;
     d->n++;
-    open_stream(a);
   }
   a->used_ns = now_ns();
+  *ret = a;
+  return 0;
+}
+
+int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **ret) {
+  *ret = NULL;
+  auth *a;
+  int rc = entry(d, authority, &a);
+  if (rc) return rc;
+  want(a, W_GET);
   if (a->set->state == DISC_READY) *ret = a->set;
   return a->set->state;
+}
+
+int mesh__discovery_profile(mesh_discovery *d, const char *authority, int shadowed,
+                            proxy_profiles **ret) {
+  *ret = NULL;
+  auth *a;
+  int rc = entry(d, authority, &a);
+  if (rc) return rc;
+  want(a, W_PROFILE);
+  if (shadowed && a->prof && !a->shadow_logged) {
+    a->shadow_logged = 1;
+    mesh__log(d->ctx, MESH_LOG_INFO,
+              "destination %s: the local profile (--profiles) overrides the control plane's",
+              a->name);
+  }
+  *ret = a->prof;
+  return a->pstate == DISC_PENDING && !a->pgave_up ? DISC_PENDING : DISC_READY;
 }
 
 static void on_wait(evutil_socket_t fd, short what, void *arg) {
@@ -527,12 +666,15 @@ static void on_wait(evutil_socket_t fd, short what, void *arg) {
   disc_wait_fn fn = w->fn;
   void *ud = w->ud;
   int answered = w->answered;
+  /* The first wait for a profile is the only one: after it, requests go on
+   * without a profile until one comes. */
+  if (w->kind == W_PROFILE && !answered) w->a->pgave_up = 1;
   wait_free(w);
   fn(ud, answered);
 }
 
-int mesh__discovery_wait(mesh_discovery *d, const char *authority, disc_wait_fn fn, void *ud,
-                         disc_wait **ret) {
+static int wait_new(mesh_discovery *d, const char *authority, int kind, disc_wait_fn fn,
+                    void *ud, disc_wait **ret) {
   auth *a = lookup(d, authority);
   if (!a) return MESH_ERR_NOT_FOUND;
   disc_wait *w = mesh__calloc(d->ctx, 1, sizeof *w);
@@ -541,13 +683,15 @@ int mesh__discovery_wait(mesh_discovery *d, const char *authority, disc_wait_fn 
     return MESH_ERR_NOMEM;
   }
   w->a = a;
+  w->kind = kind;
   w->fn = fn;
   w->ud = ud;
   w->next = a->waiters;
   if (a->waiters) a->waiters->prev = w;
   a->waiters = w;
-  if (a->set->state != DISC_PENDING) {
-    w->answered = 1;
+  int known = kind == W_GET ? a->set->state != DISC_PENDING : a->pstate != DISC_PENDING;
+  if (known || (kind == W_PROFILE && a->pgave_up)) {
+    w->answered = known;
     event_active(w->ev, EV_TIMEOUT, 1);
   } else {
     arm(w->ev, d->wait_ms);
@@ -556,11 +700,22 @@ int mesh__discovery_wait(mesh_discovery *d, const char *authority, disc_wait_fn 
   return 0;
 }
 
+int mesh__discovery_wait(mesh_discovery *d, const char *authority, disc_wait_fn fn, void *ud,
+                         disc_wait **ret) {
+  return wait_new(d, authority, W_GET, fn, ud, ret);
+}
+
+int mesh__discovery_profile_wait(mesh_discovery *d, const char *authority, disc_wait_fn fn,
+                                 void *ud, disc_wait **ret) {
+  return wait_new(d, authority, W_PROFILE, fn, ud, ret);
+}
+
 void mesh__discovery_wait_cancel(disc_wait *w) {
   if (w) wait_free(w);
 }
 
 size_t mesh__discovery_authorities(const mesh_discovery *d) { return d->n; }
+mesh_ctx *mesh__discovery_ctx(const mesh_discovery *d) { return d->ctx; }
 
 static int loopback(const char *addr) {
   if (!strncmp(addr, "localhost:", 10)) return 1;
@@ -597,6 +752,8 @@ int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts 
     snprintf(d->server_id, sizeof d->server_id, "%s", o->server_id);
   }
   d->wait_ms = o->wait_ms ? o->wait_ms : 1000u;
+  d->changed = o->changed;
+  d->changed_ud = o->changed_ud;
   d->addr = mesh__strdup(ctx, o->addr);
   d->ns = mesh__strdup(ctx, o->ns && *o->ns ? o->ns : "default");
   d->sweep = event_new(base, -1, EV_PERSIST, on_sweep, d);
@@ -608,11 +765,20 @@ int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts 
   d->rng |= 1;
   if (o->reg &&
       ((rc = metric(o->reg, 1, "destination_streams", "Open Get streams to mesh-destination",
-                    &d->streams)) ||
+                    &d->streams[W_GET])) ||
        (rc = metric(o->reg, 0, "destination_updates_total",
-                    "Get messages applied (add, remove, no_endpoints)", &d->updates)) ||
+                    "Get messages applied (add, remove, no_endpoints)", &d->updates[W_GET])) ||
        (rc = metric(o->reg, 0, "destination_reconnects_total",
-                    "Get streams opened again after a failure", &d->reconnects))))
+                    "Get streams opened again after a failure", &d->reconnects[W_GET])) ||
+       (rc = metric(o->reg, 1, "destination_profile_streams",
+                    "Open GetProfile streams to mesh-destination", &d->streams[W_PROFILE])) ||
+       (rc = metric(o->reg, 0, "destination_profile_updates_total",
+                    "GetProfile messages applied (a profile swapped in)", &d->updates[W_PROFILE])) ||
+       (rc = metric(o->reg, 0, "destination_profile_rejects_total",
+                    "GetProfile messages ignored as invalid (the last good profile kept)",
+                    &d->rejects)) ||
+       (rc = metric(o->reg, 0, "destination_profile_reconnects_total",
+                    "GetProfile streams opened again after a failure", &d->reconnects[W_PROFILE]))))
     goto fail;
   arm(d->sweep, SWEEP_MS);
   *ret = d;
@@ -650,9 +816,12 @@ void mesh__discovery_free(mesh_discovery *d) {
   mesh_rpc_client_free(d->cl);
   if (d->sweep) event_free(d->sweep);
   mesh_tls_config_unref(d->tls);
-  mesh_metrics_series_unref(d->streams);
-  mesh_metrics_series_unref(d->updates);
-  mesh_metrics_series_unref(d->reconnects);
+  for (int k = 0; k < 2; k++) {
+    mesh_metrics_series_unref(d->streams[k]);
+    mesh_metrics_series_unref(d->updates[k]);
+    mesh_metrics_series_unref(d->reconnects[k]);
+  }
+  mesh_metrics_series_unref(d->rejects);
   mesh__free(d->ctx, d->addr);
   mesh__free(d->ctx, d->ns);
   mesh__free(d->ctx, d);

@@ -1,5 +1,6 @@
 /* libmesh proxy: meshd's engine: listeners, opaque TCP over mTLS with a transport header, limits, reloads, shutdown. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -62,6 +63,7 @@ int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret) {
   o->in_addr = mesh__strdup(ctx, MESH_PROXY_DEFAULT_INBOUND_ADDR);
   o->admin_addr = mesh__strdup(ctx, MESH_PROXY_DEFAULT_ADMIN_ADDR);
   o->ports = mesh__strdup(ctx, "");
+  mesh_proxy_opts_set_inbound_forward_ip(o, "127.0.0.1", NULL);
   o->connect_ms = MESH_PROXY_DEFAULT_CONNECT_TIMEOUT_MS;
   o->header_ms = MESH_PROXY_DEFAULT_HEADER_TIMEOUT_MS;
   o->idle_ms = MESH_PROXY_DEFAULT_IDLE_TIMEOUT_MS;
@@ -70,6 +72,9 @@ int mesh_proxy_opts_new(mesh_ctx *ctx, mesh_proxy_opts **ret) {
   o->buffer = MESH_PROXY_DEFAULT_BUFFER_BYTES;
   o->detect_ms = MESH_PROXY_DEFAULT_DETECT_TIMEOUT_MS;
   o->max_in_flight = MESH_PROXY_DEFAULT_MAX_IN_FLIGHT;
+  o->failfast_ms[0] = MESH_PROXY_DEFAULT_OUTBOUND_FAILFAST_MS;
+  o->failfast_ms[1] = MESH_PROXY_DEFAULT_INBOUND_FAILFAST_MS;
+  o->queue_cap[0] = o->queue_cap[1] = MESH_PROXY_DEFAULT_QUEUE_CAPACITY;
   o->inbound_connect_ms = MESH_PROXY_DEFAULT_INBOUND_CONNECT_TIMEOUT_MS;
   o->max_head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
   o->max_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
@@ -98,6 +103,7 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
   mesh__free(ctx, o->profiles_dir);
   mesh__free(ctx, o->policy_dir);
   mesh__free(ctx, o->workload_ns);
+  mesh__free(ctx, o->workload_name);
   mesh__free(ctx, o->labels_str);
   mesh__free(ctx, o->labels_buf);
   mesh__free(ctx, o->cluster_networks);
@@ -105,6 +111,10 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
   mesh__free(ctx, o->cert);
   mesh__free(ctx, o->key);
   mesh__free(ctx, o->anchors);
+  mesh__free(ctx, o->identity_addr);
+  mesh__free(ctx, o->identity_token_file);
+  mesh__free(ctx, o->identity_sa);
+  mesh__free(ctx, o->identity_svc_name);
   mesh__free(ctx, o->ports);
   mesh__free(ctx, o->opaque);
   mesh__free(ctx, o);
@@ -234,6 +244,34 @@ int mesh_proxy_opts_set_workload(mesh_proxy_opts *o, const char *ns, const char 
   return 0;
 }
 
+/* A DNS subdomain, as the store names things (a pod's name may hold dots):
+ * labels of 1..63 of [a-z0-9-], not starting or ending with '-'. */
+static int dns_name_valid(const char *s) {
+  size_t n = strlen(s), label = 0;
+  if (!n || n > 253) return 0;
+  for (size_t i = 0; i <= n; i++) {
+    char c = s[i];
+    if (c == '.' || c == '\0') {
+      if (!label || s[i - 1] == '-') return 0;
+      label = 0;
+    } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c == '-' && label)) {
+      if (++label > 63) return 0;
+    } else {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+int mesh_proxy_opts_set_workload_name(mesh_proxy_opts *o, const char *name, const char **why) {
+  if (!o) return MESH_ERR_INVALID;
+  if (name && *name && !dns_name_valid(name)) {
+    if (why) *why = "the Workload's name must be a DNS name (lower-case letters, digits, '-', '.')";
+    return MESH_ERR_PARSE;
+  }
+  return set_str(o->ctx, &o->workload_name, name && *name ? name : NULL);
+}
+
 int mesh_proxy_opts_set_default_inbound_policy(mesh_proxy_opts *o, const char *name,
                                                const char **why) {
   if (!o || !name) return MESH_ERR_INVALID;
@@ -263,6 +301,49 @@ int mesh_proxy_opts_set_credential_files(mesh_proxy_opts *o, const char *cert, c
       set_str(o->ctx, &o->anchors, anchors))
     return MESH_ERR_NOMEM;
   return 0;
+}
+
+int mesh_proxy_opts_set_identity_service(mesh_proxy_opts *o, const char *addr,
+                                         const char *token_file, const char *service_account,
+                                         const char *anchors, const char **why) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!addr || !*addr) return set_str(o->ctx, &o->identity_addr, NULL);
+  if (!token_file || !service_account || !anchors) return MESH_ERR_INVALID;
+  /* The rpc client takes numeric addresses and localhost, nothing that
+   * needs a resolver. */
+  char numeric[80];
+  const char *a = addr, *w = NULL;
+  if (!strncmp(addr, "localhost:", 10) && strlen(addr) < 60) {
+    snprintf(numeric, sizeof numeric, "127.0.0.1:%s", addr + 10);
+    a = numeric;
+  }
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (mesh__proxy_addr_parse(a, 0, &ss, &len, &w)) {
+    if (why) *why = "the identity service's address is IP:PORT, [IPv6]:PORT or localhost:PORT";
+    return MESH_ERR_PARSE;
+  }
+  if (!mesh_dns_label_valid(service_account)) {
+    if (why) *why = "the service account must be a DNS label (lower-case letters, digits, '-')";
+    return MESH_ERR_PARSE;
+  }
+  if (set_str(o->ctx, &o->identity_addr, addr) ||
+      set_str(o->ctx, &o->identity_token_file, token_file) ||
+      set_str(o->ctx, &o->identity_sa, service_account) || set_str(o->ctx, &o->anchors, anchors))
+    return MESH_ERR_NOMEM;
+  return 0;
+}
+
+int mesh_proxy_opts_set_identity_service_name(mesh_proxy_opts *o, const char *name,
+                                              const char **why) {
+  if (!o) return MESH_ERR_INVALID;
+  if (name && *name) {
+    mesh_identity *id = NULL;
+    int rc = mesh_identity_parse(o->ctx, name, NULL, why, &id);
+    mesh_identity_free(id);
+    if (rc) return rc;
+  }
+  return set_str(o->ctx, &o->identity_svc_name, name && *name ? name : NULL);
 }
 
 int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow) {
@@ -300,6 +381,34 @@ int mesh_proxy_opts_set_inbound_ports(mesh_proxy_opts *o, const char *ports, con
   int all, rc = ports_parse(ports, bits, &all, why);
   mesh__free(o->ctx, bits);
   return rc ? rc : set_str(o->ctx, &o->ports, ports);
+}
+
+int mesh_proxy_opts_set_inbound_forward_ip(mesh_proxy_opts *o, const char *ip, const char **why) {
+  if (!o || !ip) return MESH_ERR_INVALID;
+  struct sockaddr_storage ss = {0};
+  struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    o->inbound_iplen = sizeof *s4;
+    snprintf(o->inbound_host, sizeof o->inbound_host, "%s", ip);
+  } else if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    o->inbound_iplen = sizeof *s6;
+    snprintf(o->inbound_host, sizeof o->inbound_host, "[%s]", ip);
+  } else {
+    if (why) *why = "the inbound forward address is an IPv4 or IPv6 literal, e.g. 10.0.0.5";
+    return MESH_ERR_PARSE;
+  }
+  o->inbound_ip = ss;
+  return 0;
+}
+
+socklen_t mesh__proxy_inbound_addr(const mesh_proxy *p, uint16_t port, struct sockaddr_storage *ss) {
+  *ss = p->o->inbound_ip;
+  if (ss->ss_family == AF_INET6) ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+  else ((struct sockaddr_in *)ss)->sin_port = htons(port);
+  return p->o->inbound_iplen;
 }
 
 int mesh_proxy_opts_set_connect_timeout(mesh_proxy_opts *o, uint32_t ms) {
@@ -349,6 +458,20 @@ int mesh_proxy_opts_set_max_in_flight(mesh_proxy_opts *o, uint32_t n) {
   if (!o) return MESH_ERR_INVALID;
   if (!n) return MESH_ERR_RANGE;
   o->max_in_flight = n;
+  return 0;
+}
+
+int mesh_proxy_opts_set_failfast_timeout(mesh_proxy_opts *o, int32_t inbound, uint32_t ms) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!ms) return MESH_ERR_RANGE;
+  o->failfast_ms[inbound != 0] = ms;
+  return 0;
+}
+
+int mesh_proxy_opts_set_queue_capacity(mesh_proxy_opts *o, int32_t inbound, uint32_t n) {
+  if (!o) return MESH_ERR_INVALID;
+  if (!n) return MESH_ERR_RANGE;
+  o->queue_cap[inbound != 0] = n;
   return 0;
 }
 
@@ -404,10 +527,15 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
       set_str(ctx, &o->profiles_dir, s->profiles_dir) ||
       set_str(ctx, &o->policy_dir, s->policy_dir) ||
       set_str(ctx, &o->workload_ns, s->workload_ns) ||
+      set_str(ctx, &o->workload_name, s->workload_name) ||
       set_str(ctx, &o->labels_str, s->labels_str) ||
       set_str(ctx, &o->cluster_networks, s->cluster_networks) ||
       set_str(ctx, &o->identity_dir, s->identity_dir) || set_str(ctx, &o->cert, s->cert) ||
       set_str(ctx, &o->key, s->key) || set_str(ctx, &o->anchors, s->anchors) ||
+      set_str(ctx, &o->identity_addr, s->identity_addr) ||
+      set_str(ctx, &o->identity_token_file, s->identity_token_file) ||
+      set_str(ctx, &o->identity_sa, s->identity_sa) ||
+      set_str(ctx, &o->identity_svc_name, s->identity_svc_name) ||
       set_str(ctx, &o->ports, s->ports) || set_str(ctx, &o->opaque, s->opaque))
     goto nomem;
   for (size_t i = 0; i < s->nmaps; i++) {
@@ -417,6 +545,9 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
     if (!o->maps[i].listen || !o->maps[i].authority) goto nomem;
   }
   o->allow_unauth = s->allow_unauth;
+  memcpy(o->inbound_host, s->inbound_host, sizeof o->inbound_host);
+  o->inbound_ip = s->inbound_ip;
+  o->inbound_iplen = s->inbound_iplen;
   o->connect_ms = s->connect_ms;
   o->header_ms = s->header_ms;
   o->idle_ms = s->idle_ms;
@@ -425,6 +556,8 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
   o->buffer = s->buffer;
   o->detect_ms = s->detect_ms;
   o->max_in_flight = s->max_in_flight;
+  memcpy(o->failfast_ms, s->failfast_ms, sizeof o->failfast_ms);
+  memcpy(o->queue_cap, s->queue_cap, sizeof o->queue_cap);
   o->default_policy = s->default_policy;
   const char *lwhy;
   if (o->labels_str && mesh__proxy_labels_parse(o, o->labels_str, &lwhy)) goto nomem;
@@ -466,6 +599,9 @@ void mesh__proxy_timer(struct event *ev, uint64_t ms) {
 }
 
 /* ---- Endpoint snapshots -------------------------------------------------------- */
+
+/* A discovery update may have brought endpoints that requests wait for. */
+static void disc_changed(void *ud) { mesh__proxy_http_kick(ud); }
 
 void mesh__proxy_snapshot_unref(proxy_snapshot *s) {
   if (!s || --s->refs > 0) return;
@@ -548,6 +684,7 @@ static int endpoints_reload(mesh_proxy *p, int force) {
   mesh__proxy_snapshot_unref(p->snap);
   p->snap = s;
   p->reloads++;
+  mesh__proxy_http_kick(p); /* requests waiting for an endpoint look again */
   mesh__log(p->ctx, MESH_LOG_INFO, "endpoints file %s loaded: %zu services", path,
             mesh_proxy_endpoints_service_count(eps));
   return 0;
@@ -617,12 +754,7 @@ static int policy_reload(mesh_proxy *p, int force, const char **start_err) {
   for (size_t i = 0; i < mesh_diags_count(d); i++)
     mesh__log(p->ctx, MESH_LOG_WARN, "policy: %s", mesh_diags_text(d, i));
   mesh_diags_free(d);
-  mesh_policy_unref(p->policy); /* requests deciding hold no reference: one thread */
-  p->policy = pol;
-  mesh__proxy_conns_reauthorize(p);
-  mesh__log(p->ctx, MESH_LOG_INFO, "policy %s loaded: %zu servers, %zu authorizations, %zu routes",
-            dir, mesh_policy_server_count(pol), mesh_policy_authorization_count(pol),
-            mesh_policy_route_count(pol));
+  mesh__proxy_policy_install(p, pol, dir);
   return 0;
 }
 
@@ -666,6 +798,44 @@ static void wipe_free(mesh_ctx *ctx, char *s, size_t n) {
   mesh__free(ctx, s);
 }
 
+int mesh__proxy_creds_install(mesh_proxy *p, const char *chain, size_t chain_len, const char *key,
+                              size_t key_len, const char *anchors, size_t anchors_len,
+                              const char **why) {
+  mesh_tls_opts *o = NULL;
+  mesh_tls_config *cfg = NULL;
+  int rc = mesh_tls_opts_new(p->ctx, &o);
+  if (!rc) rc = mesh_tls_opts_set_credentials(o, chain, chain_len, key, key_len);
+  if (!rc) rc = mesh_tls_opts_set_anchors(o, anchors, anchors_len);
+  if (!rc) rc = mesh_tls_opts_set_alpn(o, MESH_PROXY_ALPN);
+  if (!rc) rc = mesh_tls_opts_set_handshake_timeout(o, p->o->header_ms);
+  if (!rc) rc = mesh_tls_config_new(o, why, &cfg);
+  if (!rc) rc = mesh_tls_creds_set(p->creds, cfg);
+  if (!rc) {
+    const mesh_identity *id = mesh_tls_config_identity(cfg);
+    snprintf(p->identity, sizeof p->identity, "%s", mesh_identity_dns(id));
+    p->not_after = mesh_tls_config_not_after(cfg);
+    char *pem = mesh__malloc(p->ctx, chain_len + 1);
+    if (pem) {
+      memcpy(pem, chain, chain_len);
+      pem[chain_len] = 0;
+      mesh__free(p->ctx, p->chain_pem);
+      p->chain_pem = pem;
+    }
+    mesh_metrics_set(p->m.cert_expiry, (int64_t)p->not_after);
+    mesh_metrics_inc(p->m.cert_refresh, 1);
+    p->ready = 1;
+    /* mesh-destination speaks HTTP/2 over mTLS: the same identity, ALPN h2. */
+    mesh_tls_config *dc = NULL;
+    const char *dwhy = NULL;
+    if (p->disc && !mesh_tls_opts_set_alpn(o, "h2") && !mesh_tls_config_new(o, &dwhy, &dc))
+      mesh__discovery_set_tls(p->disc, dc, NULL);
+    mesh_tls_config_unref(dc);
+  }
+  mesh_tls_config_unref(cfg);
+  mesh_tls_opts_free(o);
+  return rc;
+}
+
 static int creds_reload(mesh_proxy *p, int force) {
   if (!p->o->identity_dir && !p->o->cert) return 0;
   char cert[4096], key[4096], anchors[4096];
@@ -698,38 +868,18 @@ static int creds_reload(mesh_proxy *p, int force) {
     a = slurp(p->ctx, anchors, &al, &why);
   }
   int rc = MESH_ERR_IO;
-  mesh_tls_opts *o = NULL;
-  mesh_tls_config *cfg = NULL;
   if (!a) goto out;
   file = cert;
-  rc = mesh_tls_opts_new(p->ctx, &o);
-  if (!rc) rc = mesh_tls_opts_set_credentials(o, c, cl, k, kl);
-  if (!rc) rc = mesh_tls_opts_set_anchors(o, a, al);
-  if (!rc) rc = mesh_tls_opts_set_alpn(o, MESH_PROXY_ALPN);
-  if (!rc) rc = mesh_tls_opts_set_handshake_timeout(o, p->o->header_ms);
-  if (!rc) rc = mesh_tls_config_new(o, &why, &cfg);
-  if (!rc) rc = mesh_tls_creds_set(p->creds, cfg);
+  rc = mesh__proxy_creds_install(p, c, cl, k, kl, a, al, &why);
 out:
   if (rc) {
     mesh__log(p->ctx, MESH_LOG_ERROR, "credentials from %s rejected (%s%s%s); %s", file,
               mesh_strerror(rc), why ? ": " : "", why ? why : "",
               p->ready ? "keeping the current ones" : "not ready");
   } else {
-    const mesh_identity *id = mesh_tls_config_identity(cfg);
-    snprintf(p->identity, sizeof p->identity, "%s", mesh_identity_dns(id));
-    p->not_after = mesh_tls_config_not_after(cfg);
-    mesh_metrics_set(p->m.cert_expiry, (int64_t)p->not_after);
-    p->ready = 1;
     mesh__log(p->ctx, MESH_LOG_INFO, "credentials loaded: identity %s, valid until %llu",
               p->identity, (unsigned long long)p->not_after);
-    /* mesh-destination speaks HTTP/2 over mTLS: the same identity, ALPN h2. */
-    mesh_tls_config *dc = NULL;
-    if (p->disc && !mesh_tls_opts_set_alpn(o, "h2") && !mesh_tls_config_new(o, &why, &dc))
-      mesh__discovery_set_tls(p->disc, dc, NULL);
-    mesh_tls_config_unref(dc);
   }
-  mesh_tls_config_unref(cfg);
-  mesh_tls_opts_free(o);
   mesh__free(p->ctx, c);
   wipe_free(p->ctx, k, kl);
   mesh__free(p->ctx, a);
@@ -991,6 +1141,11 @@ static int metrics_init(mesh_proxy *p) {
                                NULL, 0, &f)) ||
       (rc = mesh_metrics_series(f, NULL, 0, &p->m.cert_expiry)))
     return rc;
+  if ((rc = mesh_metrics_counter(p->m.reg, "identity_cert_refresh_total",
+                                 "Certificates installed (from mesh-identity or from files)", NULL,
+                                 0, &f)) ||
+      (rc = mesh_metrics_series(f, NULL, 0, &p->m.cert_refresh)))
+    return rc;
   if ((rc = mesh__proxy_policy_metrics(p))) return rc;
   return mesh_metrics_process(p->m.reg);
 }
@@ -1004,6 +1159,11 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   p->base = base;
   int rc = opts_copy(opts, &p->o);
   if (rc) goto fail;
+  if (p->o->identity_addr && (p->o->identity_dir || p->o->cert)) {
+    rc = MESH_ERR_INVALID;
+    if (why) *why = "credentials come from the identity service or from files, not both";
+    goto fail;
+  }
   if ((rc = ports_parse(p->o->ports, p->ports, &p->ports_all, why))) goto fail;
   int none;
   if ((rc = ports_parse(p->o->opaque, p->o->opaque_bits, &none, why))) goto fail;
@@ -1017,7 +1177,7 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   if (p->o->destination_addr) {
     disc_opts dopt = {.addr = p->o->destination_addr,
                       .ns = p->o->workload_ns ? p->o->workload_ns : "default", .reg = p->m.reg,
-                      .server_id = p->o->destination_id};
+                      .server_id = p->o->destination_id, .changed = disc_changed, .changed_ud = p};
     if ((rc = mesh__discovery_new(ctx, base, &dopt, &p->disc))) goto fail;
   }
   p->poll_timer = evtimer_new(base, on_poll, p);
@@ -1056,6 +1216,16 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
   }
   if ((rc = profiles_reload(p, 1, why)) || (rc = policy_reload(p, 1, why))) goto fail;
   creds_reload(p, 1); /* missing credentials: not ready yet, not an error */
+  /* After the credentials: the stream's first try can then speak mTLS. */
+  if (p->o->workload_name && p->o->policy_dir)
+    mesh__log(ctx, MESH_LOG_INFO, "policy: the directory %s wins; the control plane's policy of "
+              "Workload %s is not watched", p->o->policy_dir, p->o->workload_name);
+  else if (p->o->workload_name && !p->disc)
+    mesh__log(ctx, MESH_LOG_WARN, "policy: --workload-name without a destination address: no "
+              "policy stream, every peer is allowed");
+  else if (p->o->workload_name && (rc = mesh__proxy_policy_stream_start(p, why)))
+    goto fail;
+  if (p->o->identity_addr && (rc = mesh__proxy_identity_start(p, why, &p->ident))) goto fail;
   if (*p->o->out_addr && (rc = listener_open(p, LST_TRANSPARENT, p->o->out_addr, NULL, why)))
     goto fail;
   if (*p->o->in_addr && (rc = listener_open(p, LST_INBOUND, p->o->in_addr, NULL, why))) goto fail;
@@ -1074,7 +1244,9 @@ fail:
 void mesh_proxy_free(mesh_proxy *p) {
   if (!p) return;
   mesh_ctx *ctx = p->ctx;
+  mesh__proxy_identity_free(p->ident); /* first: its call's callback must not see a torn-down proxy */
   mesh__proxy_http_free(p);
+  mesh__free(ctx, p->chain_pem);
   mesh__proxy_conns_close_all(p);
   mesh__proxy_admin_stop(p);
   listeners_close(p);
@@ -1085,12 +1257,14 @@ void mesh_proxy_free(mesh_proxy *p) {
   if (p->resume_timer) event_free(p->resume_timer);
   if (p->grace_timer) event_free(p->grace_timer);
   if (p->finish_timer) event_free(p->finish_timer);
+  mesh__proxy_policy_stream_free(p); /* its stream is one of discovery's client */
   mesh__discovery_free(p->disc); /* after the requests and connections: they hold its sets */
   mesh__proxy_snapshot_unref(p->snap);
   mesh__proxy_profiles_unref(p->profiles);
   mesh_policy_unref(p->policy);
   mesh_tls_creds_free(p->creds);
   mesh_metrics_series_unref(p->m.cert_expiry);
+  mesh_metrics_series_unref(p->m.cert_refresh);
   mesh_metrics_free(p->m.reg);
   mesh_proxy_opts_free(p->o);
   mesh__free(ctx, p);
@@ -1129,7 +1303,7 @@ uint16_t mesh_proxy_port(const mesh_proxy *p, int which) {
 
 uint32_t mesh_proxy_connections(const mesh_proxy *p) { return p ? p->nconns : 0; }
 
-int mesh_proxy_ready(const mesh_proxy *p) { return p ? p->ready : 0; }
+int mesh_proxy_ready(const mesh_proxy *p) { return p ? p->ready && !p->policy_pending : 0; }
 
 int mesh_proxy_metrics(mesh_proxy *p, char **text, size_t *len) {
   if (!p || !text) return MESH_ERR_INVALID;

@@ -77,6 +77,14 @@ static void env_json(mesh_proxy *p, struct evhttp_request *req) {
   json_object_set_new(j, "MESH_PROXY_CERT", str_or_null(o->cert));
   json_object_set_new(j, "MESH_PROXY_KEY", str_or_null(o->key));
   json_object_set_new(j, "MESH_PROXY_ANCHORS", str_or_null(o->anchors));
+  json_object_set_new(j, "MESH_PROXY_IDENTITY_ADDR", str_or_null(o->identity_addr));
+  json_object_set_new(j, "MESH_PROXY_IDENTITY_TOKEN_FILE", str_or_null(o->identity_token_file));
+  json_object_set_new(j, "MESH_PROXY_SERVICE_ACCOUNT", str_or_null(o->identity_sa));
+  json_object_set_new(j, "MESH_PROXY_IDENTITY_SVC_NAME",
+                      str_or_null(o->identity_addr ? (o->identity_svc_name
+                                                           ? o->identity_svc_name
+                                                           : MESH_PROXY_DEFAULT_IDENTITY_SVC_NAME)
+                                                   : NULL));
   json_object_set_new(j, "MESH_PROXY_INBOUND_ALLOW_UNAUTHENTICATED", json_boolean(o->allow_unauth));
   json_object_set_new(j, "MESH_PROXY_INBOUND_PORTS", json_string(o->ports));
   json_object_set_new(j, "MESH_PROXY_CONNECT_TIMEOUT_MS", json_integer(o->connect_ms));
@@ -87,7 +95,11 @@ static void env_json(mesh_proxy *p, struct evhttp_request *req) {
   json_object_set_new(j, "MESH_PROXY_BUFFER_BYTES", json_integer(o->buffer));
   json_object_set_new(j, "identity", p->ready ? json_string(p->identity) : json_null());
   json_object_set_new(j, "identity_not_after", json_integer((json_int_t)p->not_after));
+  json_object_set_new(j, "identity_chain_pem", p->ready ? str_or_null(p->chain_pem) : json_null());
   json_object_set_new(j, "ready", json_boolean(p->ready));
+  json_object_set_new(j, "MESH_PROXY_WORKLOAD_NAME", str_or_null(o->workload_name));
+  /* The policy stream's first policy has not come: /ready says 503 for it. */
+  json_object_set_new(j, "inbound_policy_pending", json_boolean(p->policy_pending));
   json_object_set_new(j, "endpoints_services",
                       json_integer(p->snap ? (json_int_t)mesh_proxy_endpoints_service_count(
                                                  p->snap->eps)
@@ -134,7 +146,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
   if (!strcmp(path, "/live")) {
     text(req, 200, "OK", "live\n");
   } else if (!strcmp(path, "/ready")) {
-    if (p->ready && !p->shutting_down) text(req, 200, "OK", "ready\n");
+    if (mesh_proxy_ready(p) && !p->shutting_down) text(req, 200, "OK", "ready\n");
+    else if (p->ready && p->policy_pending && !p->shutting_down)
+      text(req, 503, "Service Unavailable", "not ready: waiting for the inbound policy\n");
     else text(req, 503, "Service Unavailable", "not ready\n");
   } else if (!strcmp(path, "/metrics")) {
     char *t = NULL;

@@ -652,7 +652,7 @@ static int read_header(conn *c) {
   }
   evbuffer_drain(in, used);
   c->hdr_port = (uint16_t)v;
-  snprintf(c->target, sizeof c->target, "127.0.0.1:%u", (unsigned)v);
+  snprintf(c->target, sizeof c->target, "%s:%u", p->o->inbound_host, (unsigned)v);
   /* The proxy's own listeners are never a target, whatever --inbound-ports
    * says: a peer must not reach the admin server (/shutdown trusts loopback)
    * nor leave again through the outbound side with this proxy's identity. */
@@ -680,19 +680,18 @@ static int read_header(conn *c) {
   socklen_t plen = sizeof peer;
   int have_peer = getpeername(bufferevent_getfd(c->a.raw), (struct sockaddr *)&peer, &plen) == 0;
   const char *why = NULL;
-  if (mesh__proxy_authorize(p, (uint16_t)v, c->peer_id, have_peer ? (struct sockaddr *)&peer : NULL,
-                            NULL, 1, &why) != MESH_POLICY_ALLOW) {
-    conn_fail(c, "unauthorized", why);
+  int d = mesh__proxy_authorize(p, (uint16_t)v, c->peer_id,
+                                have_peer ? (struct sockaddr *)&peer : NULL, NULL, 1, &why);
+  if (d != MESH_POLICY_ALLOW) {
+    conn_fail(c, d < 0 ? "policy_pending" : "unauthorized", why);
     return 0;
   }
   side_open(&c->a, "inbound", "src", id ? "true" : "no_identity", c->peer_id, "", c->target);
   /* The rest waits in the TLS layer (bounded) until the application answers. */
   bufferevent_disable(c->a.bev, EV_READ);
-  struct sockaddr_in sin = {0};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons((uint16_t)v);
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  connect_upstream(c, (struct sockaddr *)&sin, sizeof sin);
+  struct sockaddr_storage ss;
+  socklen_t len = mesh__proxy_inbound_addr(p, (uint16_t)v, &ss);
+  connect_upstream(c, (struct sockaddr *)&ss, len);
   return 0;
 }
 

@@ -30,16 +30,26 @@ struct mesh_proxy_opts {
   size_t nmaps;
   char *endpoints_file, *profiles_dir, *identity_dir, *cert, *key, *anchors, *ports;
   char *destination_addr, *destination_id; /* discovery (NULL: the endpoints file only) */
+  /* Self-certification with mesh-identity (NULL addr: credentials from files);
+   * the trust anchors are in anchors. */
+  char *identity_addr, *identity_token_file, *identity_sa, *identity_svc_name;
   /* Inbound policy: the manifests, this workload (namespace, labels), the
    * default for ports no Server selects, the cluster networks. */
   char *policy_dir, *workload_ns, *labels_str, *labels_buf, *cluster_networks;
+  char *workload_name; /* the Workload in the store: the policy stream's (NULL: none) */
   mesh_policy_label labels[MESH_PROXY_LABELS_MAX];
   size_t nlabels;
   int32_t default_policy;
   int allow_unauth;
   uint32_t connect_ms, header_ms, grace_ms, max_conns, buffer, max_in_flight;
   uint32_t detect_ms, response_ms, inbound_connect_ms, max_head_bytes, max_fields;
+  uint32_t failfast_ms[2], queue_cap[2]; /* [0] outbound, [1] inbound */
   char *opaque;          /* the opaque ports as given */
+  /* Inbound traffic goes to the application at this address ("[v6]" with
+   * brackets) and the port the transport header names. */
+  char inbound_host[48];
+  struct sockaddr_storage inbound_ip; /* the same, port 0 */
+  socklen_t inbound_iplen;
   uint8_t opaque_bits[8192];
   uint64_t idle_ms;
   mesh_proxy_done_fn done_fn;
@@ -89,12 +99,19 @@ struct mesh_proxy {
   ino_t cred_ino;
   char identity[256];
   uint64_t not_after;
+  char *chain_pem; /* the certificates in use (public), for /env.json: meshctl check verifies them */
   proxy_snapshot *snap;
   struct mesh_discovery *disc; /* mesh-destination's Get streams (discovery.c); NULL: none */
+  struct proxy_identity *ident; /* Certify with mesh-identity (proxy_identity.c); NULL: files */
   struct proxy_profiles *profiles; /* ServiceProfiles and TrafficSplits (proxy_profiles.c) */
   uint64_t prof_stamp;
   mesh_policy *policy; /* inbound authorization (proxy_policy.c); NULL: everything allowed */
   uint64_t pol_stamp;
+  struct disc_policy *polw; /* the policy stream (discovery_policy.c); NULL: none */
+  /* The namespace and labels the policy stream's last good message gave
+   * this workload (decisions use them instead of the options'); NULL: none. */
+  struct proxy_workload *pwl;
+  int policy_pending; /* the policy stream's first policy has not come: not ready, inbound refused */
   int ep_stat_ok;
   struct timespec ep_mtime;
   ino_t ep_ino;
@@ -103,6 +120,7 @@ struct mesh_proxy {
   struct event *poll_timer, *resume_timer, *grace_timer, *finish_timer;
   struct mesh_proxy_conn *conns; /* every open connection, for shutdown and sweeps */
   struct hsrv *hsrvs;            /* every accepted HTTP connection (proxy_http.c) */
+  struct http_queue *hq;         /* requests waiting to fail fast (proxy_http.c) */
   uint32_t nconns;               /* accepted connections, opaque and HTTP */
   uint32_t in_flight;            /* HTTP requests being handled */
   struct mesh_pool *out_pool, *in_pool;
@@ -116,7 +134,7 @@ struct mesh_proxy {
         *in_errors, *out_errors, *req_total, *rsp_total, *rsp_latency, *rt_req, *rt_rsp,
         *rt_latency, *rt_actual_req, *rt_actual_rsp, *rt_retryable, *authz_http_allow,
         *authz_http_deny, *http_route_not_found, *authz_tcp_allow, *authz_tcp_deny;
-    mesh_metric_series *cert_expiry;
+    mesh_metric_series *cert_expiry, *cert_refresh;
   } m;
 };
 
@@ -161,22 +179,53 @@ void mesh__proxy_http_shutdown(mesh_proxy *p);
 void mesh__proxy_splice(mesh_proxy *p, struct bufferevent *down, struct bufferevent *up,
                         mesh_tls_conn *tls, const char *target, const char *server_id);
 void mesh__proxy_http_close_all(mesh_proxy *p);
+/* Endpoints may have become ready (an endpoints file or a discovery update):
+ * the requests waiting for one try again, from the loop. */
+void mesh__proxy_http_kick(mesh_proxy *p);
 
 /* proxy_policy.c */
 int mesh__proxy_policy_load(mesh_proxy *p, mesh_diags *diags, mesh_policy **ret, const char **why);
+/* Put pol in force (taking the reference), from where it came (a
+ * directory, the control plane) for the log: what the directory reload and
+ * the policy stream both go through. Open opaque connections pol no longer
+ * authorizes are closed. */
+void mesh__proxy_policy_install(mesh_proxy *p, mesh_policy *pol, const char *from);
+/* Open the policy stream of the Workload o->workload_ns:o->workload_name
+ * (p->disc set); the proxy is not ready until its first policy.
+ * MESH_ERR_PARSE (the policy options, with *why), MESH_ERR_NOMEM,
+ * MESH_ERR_LIMIT. free: stops it (no stream: a no-op). */
+int mesh__proxy_policy_stream_start(mesh_proxy *p, const char **why);
+void mesh__proxy_policy_stream_free(mesh_proxy *p);
 int mesh__proxy_policy_metrics(mesh_proxy *p);
 int mesh__proxy_labels_parse(mesh_proxy_opts *o, const char *s, const char **why);
 /* The inbound decision for a request (req) or a connection (req NULL) to
  * the local port from the verified client (NULL or "": none) at peer:
  * MESH_POLICY_ALLOW, _DENY or _NOT_FOUND (with *why), counted in the
  * inbound_*_authz_* metrics when count_it. Allows everything when no
- * policy is loaded. */
+ * policy is loaded -- except while the policy stream's first policy is
+ * awaited: MESH_ERR_UNAVAILABLE (with *why), refuse (HTTP 503). */
 int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
                           const struct sockaddr *peer, const mh_head *req, int count_it,
                           const char **why);
 /* A new policy: open inbound opaque connections it no longer authorizes
  * are closed (HTTP requests are decided one by one anyway). */
 void mesh__proxy_conns_reauthorize(mesh_proxy *p);
+
+/* Install a certificate chain (leaf first), its key and the trust anchors,
+ * all PEM in memory, as the proxy's credentials for new handshakes (and
+ * discovery's): what credentials from files and from mesh-identity both
+ * go through. The proxy is ready from the first success on. 0, or the
+ * error of mesh_tls_config_new with *why. */
+int mesh__proxy_creds_install(mesh_proxy *p, const char *chain, size_t chain_len, const char *key,
+                              size_t key_len, const char *anchors, size_t anchors_len,
+                              const char **why);
+
+/* proxy_identity.c: certify with mesh-identity now and keep renewing
+ * (p->o->identity_addr set). MESH_ERR_PARSE (with *why: the identity
+ * asked for or the service's name), MESH_ERR_NOMEM. free: stops it; NULL
+ * is a no-op. */
+int mesh__proxy_identity_start(mesh_proxy *p, const char **why, struct proxy_identity **ret);
+void mesh__proxy_identity_free(struct proxy_identity *id);
 
 /* proxy_admin.c */
 int mesh__proxy_admin_start(mesh_proxy *p, const char **why);

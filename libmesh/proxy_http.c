@@ -88,10 +88,10 @@ struct hreq {
   mesh_tls_conn *up_tls;
   /* Outbound routing: the logical destination, its profile and route, the
    * backend this attempt went to, and what a retry needs. */
-  unsigned h1 : 1, replayable : 1, overridden : 1;
+  unsigned h1 : 1, replayable : 1, overridden : 1, profile_waited : 1;
   uint32_t attempts;
   uint64_t attempt_ns;
-  proxy_profiles *profiles; /* held while dst and route are used */
+  proxy_profiles *profiles; /* held while dst and route are used (the directory's or discovery's) */
   const proxy_dst *dst;
   const mesh_route *route;
   struct evbuffer *replay;  /* the request body so far, while it fits REPLAY_MAX */
@@ -99,11 +99,39 @@ struct hreq {
   char dst_key[300], backend[300];
   int status;
   char authority[300], target[64], server_id[256];
+  /* Fail-fast: waiting for a ready endpoint (queued, in the proxy's queue)
+   * or for a connection (w), until ff fires; from_queue: this attempt was
+   * released from the queue, so a connection it cannot make means the
+   * endpoint is still not ready, not that the request failed. */
+  hreq *qprev, *qnext;
+  struct event *ff;
+  unsigned queued : 1, ff_on : 1, from_queue : 1, waiting : 1;
+  /* A Service's retry and timeout annotations (in dst, held with profiles;
+   * NULL: none): a timer per attempt (retry.linkerd.io/timeout,
+   * timeout.linkerd.io/response), one for the backoff before a retry, one
+   * for an idle stream; each made when first needed. */
+  const mesh__ann *ann;
+  struct event *atimer, *btimer, *itimer;
 };
+
+/* The requests waiting for a ready endpoint, oldest first, and what wakes
+ * them: a kick (an endpoints file or discovery update, a probation's
+ * outcome) or the timer at the earliest end of a breaker's penalty among
+ * their balancers. No polling: nothing runs while nothing changes. */
+typedef struct http_queue {
+  hreq *head, *tail;
+  size_t n;
+  uint32_t waiting[2]; /* per side (0 outbound, 1 inbound): queued or waiting for a connection */
+  struct event *kick_ev, *wake_ev;
+  uint64_t wake_ns; /* when wake_ev fires (UINT64_MAX: not armed) */
+  mesh_metric_family *f_gauge, *f_failfast, *f_shed;
+  mesh_metric_series *gauge[2], *failfast[2], *shed[2];
+} http_queue;
 
 static const mh_stream_cbs ss_cbs, us_cbs;
 static void sv_free(hsrv *sv, const char *err);
 static int retry(hreq *r);
+static void fail(hreq *r, int status, const char *error, const char *why);
 
 /* ---- Metrics ------------------------------------------------------------------- */
 
@@ -284,6 +312,9 @@ static void pool_close(void *ud, void *token, const char *err) {
 
 static void pick_done(hreq *r, int success) {
   if (!r->ep) return;
+  /* A probation's outcome closes the breaker (requests waiting for the
+   * endpoint may go) or opens it again (their wake-up moves). */
+  int probation = mesh_endpoint_state(r->ep) == MESH_ENDPOINT_PROBATION;
   mesh_balance_done(r->ep, mesh__proxy_now_ns(), r->attempt_ns, success,
                     mesh__proxy_rand(r->sv->p));
   r->ep = NULL;
@@ -291,6 +322,150 @@ static void pick_done(hreq *r, int success) {
   r->snap = NULL;
   mesh__disc_set_unref(r->dset);
   r->dset = NULL;
+  if (probation) mesh__proxy_http_kick(r->sv->p);
+}
+
+/* ---- Fail-fast ------------------------------------------------------------------------------- */
+
+static int side(const hreq *r) { return r->sv->inbound ? 1 : 0; }
+
+/* The gauge and the capacity count a request while it is queued or waits
+ * for a connection. */
+static void sync_waiting(hreq *r) {
+  unsigned on = r->queued || r->w;
+  if (r->waiting == on) return;
+  http_queue *q = r->sv->p->hq;
+  int s = side(r);
+  r->waiting = on;
+  if (on) {
+    q->waiting[s]++;
+    mesh_metrics_inc(q->gauge[s], 1);
+  } else {
+    q->waiting[s]--;
+    mesh_metrics_dec(q->gauge[s], 1);
+  }
+}
+
+static void queue_remove(hreq *r) {
+  if (!r->queued) return;
+  http_queue *q = r->sv->p->hq;
+  if (r->qprev) r->qprev->qnext = r->qnext;
+  else q->head = r->qnext;
+  if (r->qnext) r->qnext->qprev = r->qprev;
+  else q->tail = r->qprev;
+  r->qprev = r->qnext = NULL;
+  r->queued = 0;
+  q->n--;
+  sync_waiting(r);
+}
+
+/* The request has its connection, or is answered: its fail-fast window is over. */
+static void ff_off(hreq *r) {
+  if (r->ff_on) event_del(r->ff);
+  r->ff_on = 0;
+  r->from_queue = 0;
+}
+
+/* Out of every wait: the queue, the pool's, the fail-fast timer. */
+static void unwait(hreq *r) {
+  queue_remove(r);
+  if (r->w) {
+    mesh__pool_cancel(r->w);
+    r->w = NULL;
+  }
+  sync_waiting(r);
+  ff_off(r);
+}
+
+static void on_failfast(evutil_socket_t fd, short what, void *arg) {
+  hreq *r = arg;
+  (void)fd;
+  (void)what;
+  mesh_proxy *p = r->sv->p;
+  r->ff_on = 0;
+  mesh_metrics_inc(p->hq->failfast[side(r)], 1);
+  char why[400];
+  snprintf(why, sizeof why, "service in fail-fast: %s %s within %u ms",
+           r->queued ? "no endpoint ready for" : "no connection to",
+           r->queued ? r->backend : r->target, (unsigned)p->o->failfast_ms[side(r)]);
+  if (r->queued) count_request(r); /* no attempt was sent: count the request once */
+  fail(r, 503, "fail_fast", why);
+}
+
+/* Start the request's fail-fast window unless it is open already: 0, or
+ * -1 when the side's queue is full (answered 503 load_shed at once) or no
+ * timer could be had (answered too). counted: request_total has it. */
+static int ff_arm(hreq *r, int counted) {
+  if (r->ff_on) return 0;
+  mesh_proxy *p = r->sv->p;
+  http_queue *q = p->hq;
+  int s = side(r);
+  if (!r->waiting && q->waiting[s] >= p->o->queue_cap[s]) {
+    mesh_metrics_inc(q->shed[s], 1);
+    if (!counted) count_request(r);
+    char why[120];
+    snprintf(why, sizeof why, "the request queue is full (%u waiting)", (unsigned)q->waiting[s]);
+    fail(r, 503, "load_shed", why);
+    return -1;
+  }
+  if (!r->ff && !(r->ff = evtimer_new(p->base, on_failfast, r))) {
+    if (!counted) count_request(r);
+    fail(r, 503, "no_memory", "out of memory");
+    return -1;
+  }
+  mesh__proxy_timer(r->ff, p->o->failfast_ms[s]);
+  r->ff_on = 1;
+  return 0;
+}
+
+/* No endpoint of r->backend is ready (every breaker of bal open or on a
+ * probation in flight, or none known yet): wait for one, oldest first,
+ * within the fail-fast window. The route's timeout keeps running. */
+static void queue_wait(hreq *r, mesh_balance *bal) {
+  mesh_proxy *p = r->sv->p;
+  http_queue *q = p->hq;
+  if (ff_arm(r, 0)) return;
+  r->qprev = q->tail;
+  r->qnext = NULL;
+  if (q->tail) q->tail->qnext = r;
+  else q->head = r;
+  q->tail = r;
+  q->n++;
+  r->queued = 1;
+  sync_waiting(r);
+  uint64_t next = mesh_balance_next_ready_ns(bal), now = mesh__proxy_now_ns();
+  if (next < q->wake_ns) {
+    q->wake_ns = next;
+    /* Rounded up: at the wake-up the penalty has passed, and a pick finds
+     * the endpoint on probation. */
+    mesh__proxy_timer(q->wake_ev, next > now ? (next - now + 999999u) / 1000000u : 0);
+  }
+}
+
+static void dispatch(hreq *r);
+
+/* Each request waiting now gets one more pick, oldest first; those that
+ * still find nothing ready go back to the end of the queue, in order. */
+static void on_kick(evutil_socket_t fd, short what, void *arg) {
+  http_queue *q = arg;
+  (void)fd;
+  (void)what;
+  for (size_t n = q->n; n > 0 && q->head; n--) {
+    hreq *r = q->head;
+    queue_remove(r);
+    r->from_queue = 1;
+    dispatch(r);
+  }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+  http_queue *q = arg;
+  q->wake_ns = UINT64_MAX;
+  on_kick(fd, what, arg);
+}
+
+void mesh__proxy_http_kick(mesh_proxy *p) {
+  if (p->hq && p->hq->head) event_active(p->hq->kick_ev, EV_TIMEOUT, 1);
 }
 
 static void upstream_release(hreq *r) {
@@ -307,7 +482,11 @@ static void upstream_release(hreq *r) {
 static void req_free(hreq *r) {
   hsrv *sv = r->sv;
   mesh_ctx *ctx = sv->p->ctx;
-  if (r->w) mesh__pool_cancel(r->w);
+  unwait(r);
+  if (r->ff) event_free(r->ff);
+  if (r->atimer) event_free(r->atimer);
+  if (r->btimer) event_free(r->btimer);
+  if (r->itimer) event_free(r->itimer);
   mesh__discovery_wait_cancel(r->dw);
   upstream_release(r);
   if (r->ss) mh_stream_reset(r->ss, 0);
@@ -344,10 +523,10 @@ static void fail(hreq *r, int status, const char *error, const char *why) {
             status, error, why);
   mesh__discovery_wait_cancel(r->dw);
   r->dw = NULL;
-  if (r->w) {
-    mesh__pool_cancel(r->w);
-    r->w = NULL;
-  }
+  unwait(r);
+  if (r->atimer) event_del(r->atimer);
+  if (r->btimer) event_del(r->btimer);
+  if (r->itimer) event_del(r->itimer);
   upstream_release(r);
   if (r->head_sent) { /* too late for an answer: the caller sees a reset */
     count_response(r, NULL, error);
@@ -372,6 +551,19 @@ static void fail(hreq *r, int status, const char *error, const char *why) {
 }
 
 static int evbuffer_copy(struct evbuffer *dst, struct evbuffer *src);
+
+/* timeout.linkerd.io/idle: nothing moved either way for that long. */
+static void on_idle(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  fail(arg, 504, "idle_timeout", "the stream was idle longer than timeout.linkerd.io/idle");
+}
+
+static void idle_touch(hreq *r) {
+  if (!r->ann || !r->ann->idle_ms) return;
+  if (!r->itimer && !(r->itimer = evtimer_new(r->sv->p->base, on_idle, r))) return;
+  mesh__proxy_timer(r->itimer, r->ann->idle_ms);
+}
 
 /* A copy of the request body while it fits: what a retry sends again. */
 static void keep_for_replay(hreq *r, struct evbuffer *b) {
@@ -401,9 +593,11 @@ static void pump(hreq *r, int d) {
     }
     if (from) mh_stream_consumed(from, n);
     n = 0;
+    idle_touch(r);
   }
   if (r->ended[d] && n == 0) {
     r->sent_end[d] = 1;
+    if (d == RSP && r->itimer) event_del(r->itimer); /* over: nothing left to be idle */
     mh_stream_send_end(to, r->trailers[d].n ? &r->trailers[d] : NULL);
   }
 }
@@ -454,6 +648,8 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   (void)s;
   if (h->status == 101 && r->req.upgrade) { /* switching protocols: both sides hand over */
     event_del(r->timer);
+    if (r->atimer) event_del(r->atimer); /* a spliced stream has no attempts or idle bound */
+    if (r->itimer) event_del(r->itimer);
     r->upgrading = 1; /* the streams end; the exchange waits for both connections */
     mesh__proxy_timer(r->timer, UPGRADE_MS);
     r->status = 101;
@@ -467,6 +663,11 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   if (h->status < 200) return; /* interim: the caller's codec sends its own 100 Continue */
   const char *grpc = mh_head_get(h, "grpc-status"); /* trailers-only answers */
   int failed = rt_failure(r, h->status, grpc);
+  if (r->atimer) event_del(r->atimer); /* the attempt answered in time */
+  idle_touch(r);
+  /* With annotations, what is retried is what they name (statuses, and gRPC
+   * statuses of trailers-only answers), not the response classes. */
+  if (r->ann) failed = mesh__ann_retryable(r->ann, (uint32_t)h->status, grpc ? (int32_t)atoi(grpc) : -1);
   rt_actual(r, h->status, grpc);
   /* The endpoint answered: a success for its breaker, whatever the status
    * (as Linkerd's default, failure accrual counts connection failures, not
@@ -580,6 +781,7 @@ static void start_upstream(hreq *r, mh_conn *c) {
   size_t body = retry ? evbuffer_get_length(r->replay)
                       : r->buf[REQ] ? evbuffer_get_length(r->buf[REQ]) : 0;
   int end = r->ended[REQ] && !body && !r->trailers[REQ].n;
+  ff_off(r);
   int rc = mh_client_request(c, &r->req, end, &us_cbs, r, &r->us);
   if (rc) {
     fail(r, 502, "connect_error", "the connection could not take the request");
@@ -603,22 +805,34 @@ static void start_upstream(hreq *r, mh_conn *c) {
   pump(r, REQ);
 }
 
-/* Try again on a freshly picked endpoint, when the route is retryable, the
- * whole request was sent and kept, nothing reached the caller yet, and the
- * budget allows it (a refusal is counted, skipped="no_budget"). */
+static void on_backoff(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  dispatch(arg);
+}
+
+/* Try again on a freshly picked endpoint, when the route is retryable (or
+ * the Service's annotations ask for retries), the whole request was sent
+ * and kept, nothing reached the caller yet, and the budget allows it (a
+ * refusal is counted, skipped="no_budget"). Annotation retries are bounded
+ * by their limit instead of a budget (Linkerd's), and each waits its
+ * backoff first: 25 ms .. 250 ms with full jitter, on a timer. */
 static int retry(hreq *r) {
-  if (!r->route || !mesh_route_is_retryable(r->route) || r->head_sent || r->upgrading) return 0;
+  const mesh__ann *a = r->ann;
+  if (a ? !a->has_retry : !r->route || !mesh_route_is_retryable(r->route)) return 0;
+  if (r->head_sent || r->upgrading) return 0;
   mesh_proxy *p = r->sv->p;
+  uint32_t max = a ? a->limit + 1 : ATTEMPTS_MAX; /* attempts, the first included */
   /* Body bytes not sent yet (the attempt failed before taking them) belong
    * to the replay too, or it would go out short. */
   size_t unsent = r->buf[REQ] ? evbuffer_get_length(r->buf[REQ]) : 0;
-  if (!r->replay || !r->replayable || !r->ended[REQ] || r->attempts + 1 >= ATTEMPTS_MAX ||
+  if (!r->replay || !r->replayable || !r->ended[REQ] || r->attempts + 1 >= max ||
       evbuffer_get_length(r->replay) + unsent > REPLAY_MAX) {
-    rt_inc(r, p->m.rt_retryable, r->attempts + 1 >= ATTEMPTS_MAX ? "attempts" : "body", NULL);
+    rt_inc(r, p->m.rt_retryable, r->attempts + 1 >= max ? "attempts" : "body", NULL);
     return 0;
   }
-  if (!mesh_budget_withdraw(mesh__proxy_dst_budget(r->dst, r->route),
-                            mesh__proxy_now_ns() / 1000000u)) {
+  if (!a && !mesh_budget_withdraw(mesh__proxy_dst_budget(r->dst, r->route),
+                                  mesh__proxy_now_ns() / 1000000u)) {
     rt_inc(r, p->m.rt_retryable, "no_budget", NULL);
     return 0;
   }
@@ -628,14 +842,32 @@ static int retry(hreq *r) {
     evbuffer_drain(r->buf[REQ], unsent);
     if (r->ss) mh_stream_consumed(r->ss, unsent);
   }
-  if (r->w) {
-    mesh__pool_cancel(r->w);
-    r->w = NULL;
-  }
+  unwait(r);
+  if (r->atimer) event_del(r->atimer);
   upstream_release(r);
   pick_done(r, 0);
   r->attempts++;
   r->sent_end[REQ] = 0;
+  if (a) {
+    if (!r->btimer && !(r->btimer = evtimer_new(p->base, on_backoff, r))) {
+      dispatch(r); /* no timer to wait on: at once rather than not at all */
+      return 1;
+    }
+    mesh__proxy_timer(r->btimer, mesh__ann_backoff_ms(r->attempts - 1, mesh__proxy_rand(p)));
+    return 1;
+  }
+  dispatch(r);
+  return 1;
+}
+
+/* An attempt released from the queue could not connect: its endpoint is
+ * still not ready (its breaker counts the failure), so the request picks
+ * again, or waits again, within the window it already has (Linkerd's
+ * requests wait out an endpoint's reconnects rather than fail on them). */
+static int wait_again(hreq *r, int err) {
+  if (!r->from_queue || !r->ff_on || (err != MESH_ERR_CONNECT && err != MESH_ERR_TIMEOUT))
+    return 0;
+  upstream_release(r);
   dispatch(r);
   return 1;
 }
@@ -643,12 +875,14 @@ static int retry(hreq *r) {
 static void on_pool(void *ud, mh_conn *c, int err, const char *code, const char *why) {
   hreq *r = ud;
   r->w = NULL;
+  sync_waiting(r);
   if (c) {
     start_upstream(r, c);
     return;
   }
   pick_done(r, 0);
   rt_actual(r, 0, NULL);
+  if (wait_again(r, err)) return;
   if (retry(r)) return;
   fail(r, err == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
 }
@@ -665,9 +899,40 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   pick_done(r, 0);
+  if (r->ann && r->ann->request_ms) {
+    fail(r, 504, "request_timeout", "timeout.linkerd.io/request expired (retries included)");
+    return;
+  }
   fail(r, 504, r->route ? "route_timeout" : "response_timeout",
        r->route ? "the route's timeout expired (retries included)"
                 : "no response within the response timeout");
+}
+
+/* An attempt's own timer: retry.linkerd.io/timeout (the attempt is cut and
+ * retried while the limit allows) or timeout.linkerd.io/response (not
+ * retried), whichever is sooner. */
+static void on_attempt(evutil_socket_t fd, short what, void *arg) {
+  hreq *r = arg;
+  (void)fd;
+  (void)what;
+  const mesh__ann *a = r->ann;
+  int retryable = a->retry_timeout_ms && (!a->response_ms || a->retry_timeout_ms <= a->response_ms);
+  pick_done(r, 0);
+  rt_actual(r, 0, NULL);
+  if (retryable && r->sent_end[REQ] && retry(r)) return;
+  fail(r, 504, "response_timeout",
+       retryable ? "retry.linkerd.io/timeout expired and no retry is left"
+                 : "no response within timeout.linkerd.io/response");
+}
+
+static void attempt_timer(hreq *r) {
+  const mesh__ann *a = r->ann;
+  if (!a || (!a->retry_timeout_ms && !a->response_ms)) return;
+  uint64_t ms = a->retry_timeout_ms && (!a->response_ms || a->retry_timeout_ms < a->response_ms)
+                    ? a->retry_timeout_ms
+                    : a->response_ms;
+  if (!r->atimer && !(r->atimer = evtimer_new(r->sv->p->base, on_attempt, r))) return;
+  mesh__proxy_timer(r->atimer, ms);
 }
 
 static void forward(hreq *r, const pool_key *k) {
@@ -675,17 +940,27 @@ static void forward(hreq *r, const pool_key *k) {
   r->attempt_ns = mesh__proxy_now_ns();
   count_request(r);
   rt_inc(r, r->sv->p->m.rt_actual_req, r->backend, NULL);
+  attempt_timer(r);
+  idle_touch(r);
   mh_conn *c = NULL;
   const char *code = NULL, *why = NULL;
   int rc = mesh__pool_get(r->pool, k, on_pool, r, &c, &r->w, &code, &why);
   if (rc) {
     pick_done(r, 0);
     rt_actual(r, 0, NULL);
+    if (wait_again(r, rc)) return;
     if (retry(r)) return;
     fail(r, rc == MESH_ERR_UNAVAILABLE ? 503 : 502, code, why);
     return;
   }
-  if (c) start_upstream(r, c);
+  if (c) {
+    start_upstream(r, c);
+    return;
+  }
+  /* Waiting for a connection is waiting too: within the fail-fast window,
+   * and counted against the side's queue capacity. */
+  if (ff_arm(r, 1)) return;
+  sync_waiting(r);
 }
 
 static uint16_t port_of(const char *authority) {
@@ -816,8 +1091,7 @@ static int discovered(hreq *r, pool_key *k) {
   disc_endpoint e;
   if (mesh__disc_set_pick(set, mesh__proxy_now_ns(), mesh__proxy_rand(p), mesh__proxy_rand(p),
                           &r->ep, &e)) {
-    count_request(r);
-    fail(r, 503, "no_endpoints", "every endpoint of the destination is unavailable");
+    queue_wait(r, mesh__disc_set_balance(set));
     return DISC_PENDING;
   }
   r->dset = set;
@@ -844,8 +1118,7 @@ static void dispatch(hreq *r) {
     mesh_endpoint *ep;
     if (mesh_balance_pick(s->bal[svc], mesh__proxy_now_ns(), mesh__proxy_rand(p),
                           mesh__proxy_rand(p), &ep)) {
-      count_request(r);
-      fail(r, 503, "no_endpoints", "every endpoint of the destination is unavailable");
+      queue_wait(r, s->bal[svc]);
       return;
     }
     size_t i = (size_t)(uintptr_t)mesh_endpoint_userdata(ep);
@@ -898,6 +1171,18 @@ static uint64_t grpc_timeout_ms(const char *v) {
   }
 }
 
+static void route_profile(hreq *r);
+
+/* Discovery's first profile for the destination came, or the bounded wait
+ * ran out: route with what is known now. */
+static void on_profiled(void *ud, int answered) {
+  hreq *r = ud;
+  (void)answered;
+  r->dw = NULL;
+  r->profile_waited = 1;
+  route_profile(r);
+}
+
 static void route_outbound(hreq *r) {
   mesh_proxy *p = r->sv->p;
   mesh_ctx *ctx = p->ctx;
@@ -911,13 +1196,35 @@ static void route_outbound(hreq *r) {
     fail(r, 502, "no_memory", "out of memory");
     return;
   }
-  /* The destination's profile: routes, timeouts, retries, splits. */
+  route_profile(r);
+}
+
+/* The destination's profile (routes, timeouts, retries, splits), then the
+ * first attempt. The profiles directory is looked at first and wins for a
+ * destination it names (a local override); otherwise the control plane's,
+ * which a first request waits for, as for endpoints, within the same bound. */
+static void route_profile(hreq *r) {
+  mesh_proxy *p = r->sv->p;
   const char *colon = strrchr(r->dst_key, ':');
   size_t hlen = colon ? (size_t)(colon - r->dst_key) : strlen(r->dst_key);
-  const proxy_dst *d = mesh__proxy_profiles_find(p->profiles, r->dst_key, hlen);
+  proxy_profiles *t = p->profiles;
+  const proxy_dst *d = mesh__proxy_profiles_find(t, r->dst_key, hlen);
+  if (p->disc) {
+    proxy_profiles *dt;
+    int st = mesh__discovery_profile(p->disc, r->dst_key, d != NULL, &dt);
+    if (st == DISC_PENDING && !d && !r->profile_waited) {
+      if (mesh__discovery_profile_wait(p->disc, r->dst_key, on_profiled, r, &r->dw))
+        fail(r, 502, "no_memory", "out of memory");
+      return;
+    }
+    if (!d && dt) {
+      t = dt;
+      d = &dt->d[0];
+    }
+  }
   uint64_t timeout = p->o->response_ms;
   if (d) {
-    r->profiles = p->profiles;
+    r->profiles = t;
     r->profiles->refs++;
     r->dst = d;
     if (d->prof) {
@@ -929,7 +1236,15 @@ static void route_outbound(hreq *r) {
     mesh_budget_deposit(mesh__proxy_dst_budget(d, r->route), mesh__proxy_now_ns() / 1000000u);
     rt_inc(r, p->m.rt_req, NULL, NULL);
     if (r->route) timeout = mesh_route_timeout_ms(r->route);
-    if (r->route && mesh_route_is_retryable(r->route) && !r->req.upgrade) {
+    /* A Service's annotations (only ever without a profile): its request
+     * timeout covers every attempt, as a route's does. */
+    if (d->has_ann) {
+      r->ann = &d->ann;
+      if (d->ann.request_ms) timeout = d->ann.request_ms;
+    }
+    int retries = r->ann ? r->ann->has_retry && r->ann->limit > 0
+                         : r->route && mesh_route_is_retryable(r->route);
+    if (retries && !r->req.upgrade) {
       r->replay = evbuffer_new();
       r->replayable = r->replay != NULL;
     }
@@ -967,6 +1282,10 @@ static void route_inbound(hreq *r) {
   int d = mesh__proxy_authorize(p, sv->port, sv->peer_id,
                                 sv->peer.ss_family == AF_UNSPEC ? NULL : (struct sockaddr *)&sv->peer,
                                 &r->req, 1, &why);
+  if (d < 0) { /* nothing reached the application: the caller may retry */
+    fail(r, 503, "policy_pending", why);
+    return;
+  }
   if (d == MESH_POLICY_DENY) {
     fail(r, 403, "unauthorized", why);
     return;
@@ -975,11 +1294,7 @@ static void route_inbound(hreq *r) {
     fail(r, 404, "route_not_found", why);
     return;
   }
-  struct sockaddr_in *sin = (struct sockaddr_in *)&k.addr;
-  sin->sin_family = AF_INET;
-  sin->sin_port = htons(sv->port);
-  sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  k.addrlen = sizeof *sin;
+  k.addrlen = mesh__proxy_inbound_addr(p, sv->port, &k.addr);
   r->pool = p->in_pool;
   if (p->o->response_ms) mesh__proxy_timer(r->timer, p->o->response_ms);
   forward(r, &k);
@@ -1149,7 +1464,7 @@ void mesh__proxy_http_inbound(mesh_proxy *p, mesh_tls_conn *tls, uint16_t port, 
   if (!raw || getpeername(bufferevent_getfd(raw), (struct sockaddr *)&sv->peer, &plen) != 0)
     sv->peer.ss_family = AF_UNSPEC;
   char target[64];
-  snprintf(target, sizeof target, "127.0.0.1:%u", (unsigned)port);
+  snprintf(target, sizeof target, "%s:%u", p->o->inbound_host, (unsigned)port);
   struct bufferevent *bev = mesh_tls_conn_bev(tls);
   bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
   sv_open(sv, bev, *sv->peer_id ? "true" : "no_identity", target);
@@ -1176,6 +1491,51 @@ void mesh__proxy_http_close_all(mesh_proxy *p) {
     sv_free(sv, "");
     mh_conn_free(mc);
   }
+}
+
+static void queue_free(mesh_proxy *p) {
+  http_queue *q = p->hq;
+  if (!q) return;
+  if (q->kick_ev) event_free(q->kick_ev);
+  if (q->wake_ev) event_free(q->wake_ev);
+  for (int s = 0; s < 2; s++) {
+    mesh_metrics_series_unref(q->gauge[s]);
+    mesh_metrics_series_unref(q->failfast[s]);
+    mesh_metrics_series_unref(q->shed[s]);
+  }
+  mesh__free(p->ctx, q);
+  p->hq = NULL;
+}
+
+static int queue_init(mesh_proxy *p) {
+  static const char *const dir[] = {"direction"};
+  static const char *const sides[2] = {"outbound", "inbound"};
+  http_queue *q = mesh__calloc(p->ctx, 1, sizeof *q);
+  if (!q) return MESH_ERR_NOMEM;
+  p->hq = q;
+  q->wake_ns = UINT64_MAX;
+  q->kick_ev = event_new(p->base, -1, 0, on_kick, q);
+  q->wake_ev = evtimer_new(p->base, on_wake, q);
+  if (!q->kick_ev || !q->wake_ev) return MESH_ERR_NOMEM;
+  int rc;
+  if ((rc = mesh_metrics_gauge(p->m.reg, "http_queue_requests",
+                               "HTTP requests waiting for a ready endpoint or a connection "
+                               "(fail-fast queue)",
+                               dir, 1, &q->f_gauge)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "http_failfast_total",
+                                 "HTTP requests answered 503 fail_fast: nothing became ready "
+                                 "within the fail-fast timeout",
+                                 dir, 1, &q->f_failfast)) ||
+      (rc = mesh_metrics_counter(p->m.reg, "http_queue_load_shed_total",
+                                 "HTTP requests answered 503 load_shed at once: the queue was full",
+                                 dir, 1, &q->f_shed)))
+    return rc;
+  for (int s = 0; s < 2; s++)
+    if ((rc = mesh_metrics_series(q->f_gauge, &sides[s], 1, &q->gauge[s])) ||
+        (rc = mesh_metrics_series(q->f_failfast, &sides[s], 1, &q->failfast[s])) ||
+        (rc = mesh_metrics_series(q->f_shed, &sides[s], 1, &q->shed[s])))
+      return rc;
+  return 0;
 }
 
 int mesh__proxy_http_init(mesh_proxy *p) {
@@ -1218,6 +1578,7 @@ int mesh__proxy_http_init(mesh_proxy *p) {
                                    "Time from a request's head to its response's head, in ms", req,
                                    6, NULL, 0, &p->m.rsp_latency)))
     return rc;
+  if ((rc = queue_init(p))) return rc;
   mh_limits_default(&p->http_limits);
   p->http_limits.max_head_bytes = p->o->max_head_bytes;
   p->http_limits.max_fields = p->o->max_fields;
@@ -1228,10 +1589,11 @@ int mesh__proxy_http_init(mesh_proxy *p) {
   pool_opts po = {.obs = {.open = pool_open, .close = pool_close, .upgraded = pool_upgraded,
                           .ud = &p->pool_sides[0]},
                   .connect_ms = p->o->connect_ms, .max_idle = 100, .max_conns = 1000,
-                  .max_waiting = 10000, .limits = p->http_limits};
+                  .max_waiting = p->o->queue_cap[0], .limits = p->http_limits};
   po.limits.idle_timeout_ms = 3000; /* an idle client connection: Linkerd's 3 s */
   if ((rc = mesh__pool_new(p->ctx, p->base, &po, p->creds, &p->out_pool))) return rc;
   po.connect_ms = p->o->inbound_connect_ms;
+  po.max_waiting = p->o->queue_cap[1];
   po.obs.ud = &p->pool_sides[1];
   return mesh__pool_new(p->ctx, p->base, &po, NULL, &p->in_pool);
 }
@@ -1241,4 +1603,5 @@ void mesh__proxy_http_free(mesh_proxy *p) {
   mesh__pool_free(p->out_pool);
   mesh__pool_free(p->in_pool);
   p->out_pool = p->in_pool = NULL;
+  queue_free(p);
 }

@@ -8,6 +8,8 @@
 
 /* "IP:port" or "[IPv6]:port", numeric only; port 0 allowed when any_port.
  * Fills *ss and *len. 0, or MESH_ERR_PARSE with *why. */
+/* The application's address for inbound traffic to port (--inbound-forward-ip). */
+socklen_t mesh__proxy_inbound_addr(const mesh_proxy *p, uint16_t port, struct sockaddr_storage *ss);
 int mesh__proxy_addr_parse(const char *s, int any_port, struct sockaddr_storage *ss,
                            socklen_t *len, const char **why);
 /* The canonical text of an address ("1.2.3.4:80", "[::1]:80") into buf (>= 64 bytes). */

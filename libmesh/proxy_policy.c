@@ -1,13 +1,48 @@
-/* libmesh proxy policy: the inbound authorization meshd enforces (Servers, authorizations, routes) from a directory of manifests, and its metrics. */
+/* libmesh proxy policy: the inbound authorization meshd enforces (Servers, authorizations, routes) from a directory of manifests or from mesh-destination's policy stream, and its metrics. */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include <mesh/error.h>
+#include <mesh/manifest.h>
 
 #include "ctx_internal.h"
+#include "discovery_internal.h"
 #include "proxy_conn_internal.h"
 #include "proxy_profiles_internal.h"
+
+/* A Workload's labels in one policy message at most (the message itself is
+ * bounded at 1 MiB by the rpc client). */
+#define STREAM_LABELS_MAX 1024u
+
+/* The workload as the policy stream describes it: one allocation, the
+ * labels and strings after the struct. */
+typedef struct proxy_workload {
+  const char *ns;
+  mesh_policy_label *labels;
+  size_t nlabels;
+} proxy_workload;
+
+/* What every compile of meshd's policy uses, from a directory or from the
+ * control plane: one meaning whatever the source. */
+static int policy_opts(mesh_proxy *p, mesh_policy_opts **ret, const char **why) {
+  mesh_policy_opts *po = NULL;
+  int rc = mesh_policy_opts_new(p->ctx, &po);
+  if (!rc && p->o->default_policy) rc = mesh_policy_opts_set_default(po, p->o->default_policy);
+  if (!rc && p->o->cluster_networks)
+    rc = mesh_policy_opts_set_cluster_networks(po, p->o->cluster_networks, why);
+  /* The inbound peer is always another proxy, often on this host: its
+   * verified identity decides, not that it comes from loopback. */
+  if (!rc) rc = mesh_policy_opts_set_allow_localhost(po, 0);
+  if (rc) {
+    mesh_policy_opts_free(po);
+    return rc;
+  }
+  *ret = po;
+  return 0;
+}
 
 int mesh__proxy_policy_load(mesh_proxy *p, mesh_diags *diags, mesh_policy **ret, const char **why) {
   mesh_ctx *ctx = p->ctx;
@@ -17,14 +52,8 @@ int mesh__proxy_policy_load(mesh_proxy *p, mesh_diags *diags, mesh_policy **ret,
   if (rc) return rc;
   mesh_manifest **ms = mesh__calloc(ctx, n ? n : 1, sizeof *ms);
   mesh_policy_opts *po = NULL;
-  rc = ms ? mesh_policy_opts_new(ctx, &po) : MESH_ERR_NOMEM;
+  rc = ms ? policy_opts(p, &po, why) : MESH_ERR_NOMEM;
   for (size_t i = 0; !rc && i < n; i++) rc = mesh_manifest_load_file(ctx, files[i], diags, &ms[i]);
-  if (!rc && p->o->default_policy) rc = mesh_policy_opts_set_default(po, p->o->default_policy);
-  if (!rc && p->o->cluster_networks)
-    rc = mesh_policy_opts_set_cluster_networks(po, p->o->cluster_networks, why);
-  /* The inbound peer is always another proxy, often on this host: its
-   * verified identity decides, not that it comes from loopback. */
-  if (!rc) rc = mesh_policy_opts_set_allow_localhost(po, 0);
   if (!rc) rc = mesh_policy_compile(ctx, (const mesh_manifest *const *)ms, n, po, diags, ret);
   mesh_policy_opts_free(po);
   for (size_t i = 0; ms && i < n; i++) mesh_manifest_free(ms[i]);
@@ -56,6 +85,137 @@ int mesh__proxy_labels_parse(mesh_proxy_opts *o, const char *s, const char **why
   return 0;
 }
 
+void mesh__proxy_policy_install(mesh_proxy *p, mesh_policy *pol, const char *from) {
+  mesh_policy_unref(p->policy); /* requests deciding hold no reference: one thread */
+  p->policy = pol;
+  mesh__proxy_conns_reauthorize(p);
+  mesh__log(p->ctx, MESH_LOG_INFO, "policy %s loaded: %zu servers, %zu authorizations, %zu routes",
+            from, mesh_policy_server_count(pol), mesh_policy_authorization_count(pol),
+            mesh_policy_route_count(pol));
+}
+
+/* ---- From the control plane ---------------------------------------------------- */
+
+/* The message's workload.namespace and workload.labels, which decisions
+ * use from now on (the store's labels, not --workload-labels). */
+static int workload_of(mesh_ctx *ctx, const char *line, size_t len, proxy_workload **ret,
+                       char *why, size_t cap) {
+  json_t *msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+  json_t *wl = json_object_get(msg, "workload");
+  json_t *ns = json_object_get(wl, "namespace"), *labels = json_object_get(wl, "labels");
+  int rc = 0;
+  size_t n = json_object_size(labels), bytes = 0;
+  const char *k;
+  json_t *v;
+  if (!json_is_string(ns) || !mesh_dns_label_valid(json_string_value(ns)) ||
+      (labels && !json_is_object(labels))) {
+    snprintf(why, cap, "workload is not {\"namespace\": <a DNS label>, \"labels\": {...}}");
+    rc = MESH_ERR_PARSE;
+  } else if (n > STREAM_LABELS_MAX) {
+    snprintf(why, cap, "more than %u labels", STREAM_LABELS_MAX);
+    rc = MESH_ERR_LIMIT;
+  }
+  json_object_foreach(labels, k, v) {
+    if (rc) break;
+    if (!json_is_string(v)) {
+      snprintf(why, cap, "the value of label %.100s is not a string", k);
+      rc = MESH_ERR_PARSE;
+      break;
+    }
+    bytes += strlen(k) + strlen(json_string_value(v)) + 2;
+  }
+  proxy_workload *w = NULL;
+  if (!rc) {
+    bytes += sizeof *w + n * sizeof(mesh_policy_label) + strlen(json_string_value(ns)) + 1;
+    if (!(w = mesh__malloc(ctx, bytes))) rc = MESH_ERR_NOMEM;
+  }
+  if (!rc) {
+    w->labels = (mesh_policy_label *)(w + 1);
+    w->nlabels = 0;
+    char *at = (char *)(w->labels + n);
+    size_t l = strlen(json_string_value(ns)) + 1;
+    w->ns = memcpy(at, json_string_value(ns), l);
+    at += l;
+    json_object_foreach(labels, k, v) {
+      mesh_policy_label *lb = &w->labels[w->nlabels++];
+      l = strlen(k) + 1;
+      lb->name = memcpy(at, k, l);
+      at += l;
+      l = strlen(json_string_value(v)) + 1;
+      lb->value = memcpy(at, json_string_value(v), l);
+      at += l;
+    }
+    *ret = w;
+  }
+  json_decref(msg);
+  return rc;
+}
+
+/* One WatchWorkload message: compiled whole with the options the
+ * directory uses, then put in force through the same path. */
+static int on_policy_message(void *ud, const char *line, size_t len, char *why, size_t cap) {
+  mesh_proxy *p = ud;
+  mesh_diags *d = NULL;
+  mesh_policy_opts *po = NULL;
+  mesh_policy *pol = NULL;
+  proxy_workload *wl = NULL;
+  const char *w = NULL;
+  int rc = mesh_diags_new(p->ctx, &d);
+  if (!rc) rc = policy_opts(p, &po, &w);
+  if (!rc) rc = mesh_policy_compile_message(p->ctx, line, len, po, d, &pol);
+  if (!rc) rc = workload_of(p->ctx, line, len, &wl, why, cap);
+  if (rc && !*why) {
+    const char *first = w ? w : mesh_strerror(rc);
+    for (size_t i = 0; !w && d && i < mesh_diags_count(d); i++)
+      if (mesh_diags_severity(d, i) == MESH_DIAG_ERROR) {
+        first = mesh_diags_text(d, i);
+        break;
+      }
+    snprintf(why, cap, "%s%s", first, d && mesh_diags_errors(d) > 1 ? " (and more)" : "");
+  }
+  if (!rc) {
+    for (size_t i = 0; i < mesh_diags_count(d); i++)
+      mesh__log(p->ctx, MESH_LOG_WARN, "policy: %s", mesh_diags_text(d, i));
+    mesh__free(p->ctx, p->pwl);
+    p->pwl = wl;
+    p->policy_pending = 0;
+    char from[600];
+    snprintf(from, sizeof from, "from mesh-destination (Workload %s:%s)", wl->ns,
+             p->o->workload_name);
+    mesh__proxy_policy_install(p, pol, from);
+  }
+  mesh_policy_opts_free(po);
+  mesh_diags_free(d);
+  if (rc) mesh_policy_unref(pol);
+  return rc;
+}
+
+int mesh__proxy_policy_stream_start(mesh_proxy *p, const char **why) {
+  /* Options every message will be compiled with: a bad one fails the
+   * start, as it does with a directory, not every message. */
+  mesh_policy_opts *po = NULL;
+  int rc = policy_opts(p, &po, why);
+  mesh_policy_opts_free(po);
+  if (rc) return rc;
+  char workload[600];
+  snprintf(workload, sizeof workload, "%s:%s", p->o->workload_ns ? p->o->workload_ns : "default",
+           p->o->workload_name);
+  /* Linkerd's proxy serves no port before it has the port's policy: the
+   * default policy must not admit what a Server would have denied. */
+  p->policy_pending = 1;
+  return mesh__discovery_policy_new(p->disc, p->base, workload, p->m.reg, on_policy_message, p,
+                                    &p->polw);
+}
+
+void mesh__proxy_policy_stream_free(mesh_proxy *p) {
+  mesh__discovery_policy_free(p->polw);
+  p->polw = NULL;
+  mesh__free(p->ctx, p->pwl);
+  p->pwl = NULL;
+}
+
+/* ---- Deciding ----------------------------------------------------------------------- */
+
 static void count(mesh_metric_family *f, const char *const *v, size_t n) {
   mesh_metric_series *s;
   if (mesh_metrics_series(f, v, n, &s) == 0) {
@@ -69,11 +229,18 @@ static const char *or_empty(const char *s) { return s ? s : ""; }
 int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
                           const struct sockaddr *peer, const mh_head *req, int count_it,
                           const char **why) {
+  if (p->policy_pending) {
+    *why = "the inbound policy has not come from mesh-destination yet";
+    return MESH_ERR_UNAVAILABLE;
+  }
   mesh_policy *pol = p->policy;
   if (!pol) return MESH_POLICY_ALLOW;
-  mesh_policy_workload wl = {.ns = p->o->workload_ns ? p->o->workload_ns : "default",
-                             .labels = p->o->labels,
-                             .nlabels = p->o->nlabels,
+  const proxy_workload *pw = p->pwl;
+  mesh_policy_workload wl = {.ns = pw                ? pw->ns
+                                   : p->o->workload_ns ? p->o->workload_ns
+                                                       : "default",
+                             .labels = pw ? pw->labels : p->o->labels,
+                             .nlabels = pw ? pw->nlabels : p->o->nlabels,
                              .port = port};
   mesh_policy_request rq = {.client_id = client_id && *client_id ? client_id : NULL,
                             .tls = 1,

@@ -87,16 +87,61 @@ static int dst_finish(mesh_ctx *ctx, proxy_dst *d) {
   if (d->prof) mesh_profile_retry_budget(d->prof, &ratio, &min, &ttl);
   int rc = budget_new(ctx, ratio, min, ttl, &d->budget);
   if (rc || !d->prof) return rc;
-  d->nroutes = mesh_profile_route_count(d->prof);
-  if (!d->nroutes) return 0;
-  d->route_budgets = mesh__calloc(ctx, d->nroutes, sizeof *d->route_budgets);
-  if (!d->route_budgets) return MESH_ERR_NOMEM;
+  size_t n = mesh_profile_route_count(d->prof);
+  if (!n) return 0;
+  d->route_budgets = mesh__calloc(ctx, n, sizeof *d->route_budgets);
+  if (!d->route_budgets) return MESH_ERR_NOMEM; /* nroutes stays 0: unref reads no budget */
+  d->nroutes = n;
   for (size_t i = 0; i < d->nroutes; i++) {
     const mesh_route *r = mesh_profile_route(d->prof, i);
     if (mesh_route_retry_budget(r, &ratio, &min, &ttl) == 1 &&
         (rc = budget_new(ctx, ratio, min, ttl, &d->route_budgets[i])))
       return rc;
   }
+  return 0;
+}
+
+int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_profiles **ret) {
+  proxy_profiles *t = mesh__calloc(ctx, 1, sizeof *t);
+  if (!t) return MESH_ERR_NOMEM;
+  t->ctx = ctx;
+  t->refs = 1;
+  int rc = MESH_ERR_NOMEM;
+  if ((t->d = mesh__calloc(ctx, 1, sizeof *t->d))) {
+    t->n = 1;
+    snprintf(t->d->name, sizeof t->d->name, "%s", mesh_profile_name(prof));
+    t->d->prof = mesh_profile_ref(prof);
+    rc = dst_finish(ctx, t->d);
+  }
+  if (rc) {
+    mesh__proxy_profiles_unref(t);
+    return rc;
+  }
+  *ret = t;
+  return 0;
+}
+
+int mesh__proxy_profiles_ann(mesh_ctx *ctx, const char *name, const mesh__ann *ann,
+                             proxy_profiles **ret) {
+  proxy_profiles *t = mesh__calloc(ctx, 1, sizeof *t);
+  if (!t) return MESH_ERR_NOMEM;
+  t->ctx = ctx;
+  t->refs = 1;
+  int rc = MESH_ERR_NOMEM;
+  if ((t->d = mesh__calloc(ctx, 1, sizeof *t->d))) {
+    t->n = 1;
+    snprintf(t->d->name, sizeof t->d->name, "%s", name);
+    t->d->ann = *ann;
+    t->d->has_ann = 1;
+    /* Annotation retries are bounded by their limit, not a budget; the
+     * budget exists anyway so that every destination has one. */
+    rc = dst_finish(ctx, t->d);
+  }
+  if (rc) {
+    mesh__proxy_profiles_unref(t);
+    return rc;
+  }
+  *ret = t;
   return 0;
 }
 

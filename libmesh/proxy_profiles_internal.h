@@ -7,6 +7,8 @@
 #include <mesh/retry.h>
 #include <mesh/split.h>
 
+#include "annotations_internal.h"
+
 /* One destination (a service's FQDN): its ServiceProfile, its TrafficSplit
  * (the apex service's), and the retry budgets its routes draw on. */
 typedef struct {
@@ -16,6 +18,10 @@ typedef struct {
   mesh_budget *budget;         /* the profile's (shared by its routes) */
   mesh_budget **route_budgets; /* a route's own, or NULL: the profile's */
   size_t nroutes;
+  /* The Service's retry and timeout annotations (discovery, and only when
+   * it has no ServiceProfile: prof is NULL then). */
+  mesh__ann ann;
+  int has_ann;
 } proxy_dst;
 
 /* Immutable once loaded and swapped whole on reload; requests hold a
@@ -34,6 +40,14 @@ typedef struct proxy_profiles {
 int mesh__proxy_profiles_load(mesh_ctx *ctx, const char *dir, mesh_diags *diags,
                               proxy_profiles **ret, const char **why);
 void mesh__proxy_profiles_unref(proxy_profiles *t);
+/* A set of one destination, prof (a reference is taken), with its budgets:
+ * how a profile from the control plane reaches the request path, held and
+ * swapped as a loaded directory is. MESH_ERR_NOMEM. */
+int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_profiles **ret);
+/* A set of one destination named name without a profile, governed by a
+ * Service's annotations (copied). MESH_ERR_NOMEM. */
+int mesh__proxy_profiles_ann(mesh_ctx *ctx, const char *name, const mesh__ann *ann,
+                             proxy_profiles **ret);
 /* A directory of manifests (profiles, policy): its *.yaml, *.yml, *.json
  * files as paths, sorted, at most 1000 (MESH_ERR_LIMIT); MESH_ERR_IO with
  * *why. Free with mesh__proxy_dir_files_free. */

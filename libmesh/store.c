@@ -21,6 +21,7 @@
 #include <mesh/profile.h>
 #include <mesh/split.h>
 #include <mesh/store.h>
+#include "annotations_internal.h"
 #include "ctx_internal.h"
 #include "diag_internal.h"
 #include "manifest_internal.h"
@@ -127,6 +128,10 @@ typedef struct {
   size_t nopaque;
   label *sel;
   size_t nsel;
+  /* metadata.annotations: Linkerd's retry.linkerd.io/ and timeout.linkerd.io/
+   * ones, checked at load, passed on in GetProfile (nann of them; NULL: none). */
+  const mesh__node *ann;
+  size_t nann;
 } service;
 
 typedef struct {
@@ -162,7 +167,7 @@ static const char *const root_keys[] = {"apiVersion", "kind", "metadata", "spec"
 static const char *const service_keys[] = {"ports", "opaquePorts", "selector", NULL};
 static const char *const svc_port_keys[] = {"name", "port", "targetPort", "protocol", NULL};
 static const char *const workload_keys[] = {"serviceAccount", "address", "addresses", "ports",
-                                            "proxyPort", "weight", NULL};
+                                            "proxyPort", "adminPort", "weight", NULL};
 static const char *const wl_port_keys[] = {"name", "port", NULL};
 
 static const char *scalar(const mesh__node *n) {
@@ -219,6 +224,27 @@ static bool all_digits(const mesh__node *n) {
   return true;
 }
 
+/* Linkerd's retry and timeout annotations of a Service, each value checked
+ * by the parser the proxy applies them with: a bad one is an error at its
+ * line, and the store keeps its last good state. Other annotations are not
+ * ours and are ignored. */
+static void read_annotations(mesh__reader *r, const mesh__node *m, service *s) {
+  if (!m || !mesh__want_map(r, m)) return;
+  mesh__ann a;
+  mesh__ann_init(&a);
+  for (size_t i = 0; i < m->n; i++) {
+    const mesh__node *key = m->kids[2 * i], *val = m->kids[2 * i + 1];
+    if (!key->str || (strncmp(key->str, "retry.linkerd.io/", 17) &&
+                      strncmp(key->str, "timeout.linkerd.io/", 19)))
+      continue;
+    if (!mesh__want_scalar(r, val)) continue;
+    char why[300];
+    if (mesh__ann_set(&a, key->str, val->str, why, sizeof why) == 0) s->nann++;
+    else mesh__error(r, val, "%s", why);
+  }
+  if (s->nann) s->ann = m;
+}
+
 /* warn: report unknown fields (at load; the snapshot's second pass over a
  * valid document skips it: it is the costly part). */
 static void compile_service(mesh__reader *r, const mesh__node *doc, service *s, bool warn) {
@@ -227,6 +253,7 @@ static void compile_service(mesh__reader *r, const mesh__node *doc, service *s, 
   s->ns = scalar(mesh__node_get(meta, "namespace"));
   if (!s->ns) s->ns = "default";
   if (warn) mesh__check_keys(r, doc, root_keys);
+  if (meta) read_annotations(r, mesh__node_get(meta, "annotations"), s);
   const mesh__node *spec = mesh__node_get(doc, "spec"), *v;
   if (!spec) {
     mesh__error(r, doc, "missing required field 'spec'");
@@ -328,6 +355,9 @@ static void compile_workload(mesh__reader *r, const mesh__node *doc, workload *w
                 "a service account is a DNS label (lower-case letters, digits and '-'), found '%s'",
                 w->sa);
   read_port(r, spec, "proxyPort", false, 0, &w->proxy_port);
+  /* Only checked: mesh-viz reads it from the document (0: not scraped). */
+  uint16_t admin_port;
+  read_port(r, spec, "adminPort", false, 0, &admin_port);
   int64_t weight = 1;
   if (mesh__read_int(r, spec, "weight", 1, MAX_WORKLOAD_WEIGHT, &weight)) w->weight = (uint32_t)weight;
   a = mesh__node_get(spec, "address");
@@ -798,6 +828,8 @@ const mesh_manifest *mesh__snapshot_manifest(const mesh_snapshot *s, size_t i, s
   if (m && ret_idx) *ret_idx = k;
   return m;
 }
+
+mesh_ctx *mesh__snapshot_ctx(const mesh_snapshot *s) { return s ? s->ctx : NULL; }
 
 int mesh_snapshot_kind(const mesh_snapshot *s, size_t i) {
   size_t k;
@@ -1521,6 +1553,25 @@ int mesh_snapshot_profile_json(const mesh_snapshot *s, const char *authority_tex
                         prof ? routes_json(prof, prof_doc) : json_array(), "retry_budget",
                         budget_json(ratio, mps, ttl), "dst_overrides", overrides,
                         "opaque_protocol", opaque);
+  /* The Service's retry and timeout annotations, as text: the proxy parses
+   * them as the store checked them. A ServiceProfile wins (Linkerd: its
+   * retries and timeouts replace the annotations'), so they are not sent
+   * along with one. */
+  if (o && svc && svc->ann && !prof) {
+    json_t *ann = json_object();
+    for (size_t i = 0; ann && i < svc->ann->n; i++) {
+      const mesh__node *key = svc->ann->kids[2 * i], *val = svc->ann->kids[2 * i + 1];
+      if (key->str && val->str && mesh__ann_known(key->str) &&
+          json_object_set_new(ann, key->str, json_string(val->str))) {
+        json_decref(ann);
+        ann = NULL;
+      }
+    }
+    if (!ann || json_object_set_new(o, "annotations", ann)) {
+      json_decref(o);
+      return MESH_ERR_NOMEM;
+    }
+  }
   const workload *w;
   const char *ip;
   if (o && a.is_ip && (w = find_by_ip(s, a.host, &ip))) {

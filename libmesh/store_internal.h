@@ -15,5 +15,7 @@ int mesh__store_check_doc(mesh__reader *r, const mesh__node *doc, int kind);
  * modules that compile more kinds from a snapshot: policy). NULL out of
  * range. Borrowed from s. */
 const mesh_manifest *mesh__snapshot_manifest(const mesh_snapshot *s, size_t i, size_t *ret_idx);
+/* The context a snapshot allocates with (its answers are freed there). */
+mesh_ctx *mesh__snapshot_ctx(const mesh_snapshot *s);
 
 #endif

@@ -1,4 +1,4 @@
-/* mesh-destination: the discovery daemon; serves Destination.Get and GetProfile streams from the store, exposes metrics. */
+/* mesh-destination: the discovery daemon; serves Destination.Get and GetProfile and the inbound policy streams from the store, exposes metrics. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -22,8 +22,15 @@
 #include <mesh/rpc.h>
 #include <mesh/store.h>
 
+#include "dns.h"
+
 #define GET_PATH "/io.linkerd.proxy.destination.Destination/Get"
 #define PROFILE_PATH "/io.linkerd.proxy.destination.Destination/GetProfile"
+/* linkerd2-proxy-api's inbound.proto has WatchPort (one port, a compiled
+ * Server); this method of the same service carries a whole workload's
+ * policy documents, for the client to compile (doc/protocol.md). */
+#define POLICY_PATH "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchWorkload"
+#define WORKLOAD_MAX_BYTES 512u /* of a requested "namespace:name" */
 #define PATH_MAX_BYTES 512u   /* of a requested authority */
 #define STREAMS_PER_CONN 1000u /* a proxy watches one stream per destination it talks to */
 #define DEFAULT_MAX_STREAMS 20000u /* watches in all: each holds its last answer */
@@ -36,27 +43,34 @@ typedef struct {
   mesh_ctx *ctx;
   struct event_base *base;
   mesh_store *store;
+  dst_dns *dns;             /* names outside the store (NULL: --no-dns-fallback) */
   const char *identity_dir; /* NULL: plaintext */
   mesh_tls_creds *creds;    /* the serving certificate, swapped on SIGHUP */
-  watch *watches; /* every open stream, Get and GetProfile */
-  size_t nget, nprofile, max_streams;
+  watch *watches; /* every open stream: Get, GetProfile, WatchWorkload */
+  size_t nget, nprofile, npolicy, max_streams;
   mesh_metrics *metrics;
   mesh_metric_family *error_family;
   mesh_metric_series *reloads_ok, *reloads_refused, *failing, *generation, *streams_get,
-      *streams_profile, *updates, *error_info;
+      *streams_profile, *streams_policy, *updates, *error_info;
   uint64_t seen_ok, seen_refused;
   char error_shown[ERROR_LABEL_MAX];
 } daemon_state;
+
+enum { W_GET, W_PROFILE, W_POLICY };
 
 /* One open stream: what the client asked, and what it was last sent. */
 struct watch {
   daemon_state *d;
   mesh_rpc_call *call;
-  bool profile;
+  int kind; /* W_* */
   bool dead; /* a send failed: the close callback is on its way */
-  char *path, *ns;
+  char *path, *ns; /* WatchWorkload: path is the workload's name */
   mesh_resolution *last; /* Get */
-  char *last_profile;    /* GetProfile */
+  dst_dns_watch *dns;    /* Get of a name outside the store: followed in DNS */
+  dst_dns_answer *last_dns; /* what the stream was last told from DNS */
+  uint16_t dns_port;
+  char *last_profile;    /* GetProfile: the last message (libmesh's allocator) */
+  char *last_policy;     /* WatchWorkload: the last message (malloc) */
   watch *prev, *next;
 };
 
@@ -83,21 +97,33 @@ static void lib_log(void *ud, int level, const char *line) {
          line);
 }
 
+static void dns_log(const char *level, const char *line) { logmsg(level, "%s", line); }
+
 /* ---- Streams ------------------------------------------------------------ */
 
 static const char *path_or(const char *p) { return p ? p : "?"; }
+static const char *const kind_names[] = {"Get", "GetProfile", "WatchWorkload"};
+
+/* The stream count of a kind of watch, and its gauge. */
+static size_t *count_of(daemon_state *d, int kind, mesh_metric_series **gauge) {
+  *gauge = kind == W_GET ? d->streams_get : kind == W_PROFILE ? d->streams_profile : d->streams_policy;
+  return kind == W_GET ? &d->nget : kind == W_PROFILE ? &d->nprofile : &d->npolicy;
+}
 
 static void watch_free(watch *w) {
   daemon_state *d = w->d;
   if (w->prev) w->prev->next = w->next;
   else d->watches = w->next;
   if (w->next) w->next->prev = w->prev;
-  if (w->profile) d->nprofile--;
-  else d->nget--;
-  mesh_metrics_set(w->profile ? d->streams_profile : d->streams_get,
-                   (int64_t)(w->profile ? d->nprofile : d->nget));
+  mesh_metric_series *gauge;
+  size_t *count = count_of(d, w->kind, &gauge);
+  (*count)--;
+  mesh_metrics_set(gauge, (int64_t)*count);
   mesh_resolution_free(w->last);
+  dst_dns_watch_free(w->dns);
+  dst_dns_answer_unref(w->last_dns);
   mesh_free_string(d->ctx, w->last_profile);
+  free(w->last_policy);
   free(w->path);
   free(w->ns);
   free(w);
@@ -115,8 +141,7 @@ static void send_line(watch *w, const char *line, size_t len) {
   int rc = mesh_rpc_send_n(w->call, line, len);
   if (rc < 0) {
     w->dead = true;
-    logmsg("INFO", "stream %s for %s stopped: %s", w->profile ? "GetProfile" : "Get", w->path,
-           mesh_strerror(rc));
+    logmsg("INFO", "stream %s for %s stopped: %s", kind_names[w->kind], w->path, mesh_strerror(rc));
     return;
   }
   mesh_metrics_inc(w->d->updates, 1);
@@ -132,11 +157,80 @@ static void send_lines(watch *w, const char *text) {
   }
 }
 
+/* The WatchWorkload message for w's workload in snap, malloc'd into *ret.
+ * A workload that left the store keeps its stream: it is told so (exists
+ * false, no documents) and gets its policy again if it comes back;
+ * unless unknown_ok, that is MESH_ERR_NOT_FOUND instead. */
+static int policy_message(const watch *w, const mesh_snapshot *snap, bool unknown_ok, char **ret) {
+  char *m = NULL;
+  int rc = mesh_snapshot_policy_json(snap, w->ns, w->path, &m);
+  if (rc == 0) {
+    *ret = strdup(m);
+    mesh_free_string(w->d->ctx, m);
+    return *ret ? 0 : MESH_ERR_NOMEM;
+  }
+  if (rc != MESH_ERR_NOT_FOUND || !unknown_ok) return rc;
+  json_t *j = json_pack("{s:{s:s,s:s},s:b,s:[]}", "workload", "namespace", w->ns, "name", w->path,
+                        "exists", 0, "documents");
+  *ret = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  return *ret ? 0 : MESH_ERR_NOMEM;
+}
+
+/* ---- Names outside the store (dns.c) ---------------------------------------- */
+
+/* The name's DNS answer changed: w gets the difference from what it was told. */
+static void on_dns_change(void *ud) {
+  watch *w = ud;
+  const dst_dns_answer *cur = dst_dns_watch_answer(w->dns);
+  char *msgs = NULL;
+  if (w->dead || !cur || cur == w->last_dns ||
+      dst_dns_messages(w->last_dns, cur, w->dns_port, &msgs) < 0)
+    return;
+  send_lines(w, msgs);
+  free(msgs);
+  dst_dns_answer_unref(w->last_dns);
+  w->last_dns = dst_dns_answer_ref(cur);
+}
+
+/* w asks for a name the store does not know: follow it in DNS if it is a
+ * name for DNS. 1 when followed (*first, malloc'd, is what to send at once,
+ * NULL until the name's first answer), 0 when it is not DNS's,
+ * MESH_ERR_LIMIT, MESH_ERR_NOMEM. */
+static int dns_follow(watch *w, char **first) {
+  char host[256];
+  if (!w->d->dns || !dst_dns_wants(w->d->dns, w->path, host, sizeof host, &w->dns_port)) return 0;
+  int rc = dst_dns_watch_new(w->d->dns, host, on_dns_change, w, &w->dns);
+  if (rc < 0) return rc;
+  const dst_dns_answer *a = dst_dns_watch_answer(w->dns);
+  if (a && dst_dns_messages(NULL, a, w->dns_port, first) == 0) w->last_dns = dst_dns_answer_ref(a);
+  return 1;
+}
+
+/* The store took w's name: the addresses DNS gave are taken back. */
+static void dns_unfollow(watch *w) {
+  char *msgs = NULL;
+  if (dst_dns_messages(w->last_dns, NULL, w->dns_port, &msgs) == 0) send_lines(w, msgs);
+  free(msgs);
+  dst_dns_watch_free(w->dns);
+  dst_dns_answer_unref(w->last_dns);
+  w->dns = NULL;
+  w->last_dns = NULL;
+}
+
 /* What the stream should carry now, from snap; sends the difference. */
 static void refresh(watch *w, const mesh_snapshot *snap) {
   daemon_state *d = w->d;
   if (w->dead) return;
-  if (w->profile) {
+  if (w->kind == W_POLICY) {
+    char *p = NULL;
+    if (policy_message(w, snap, true, &p) < 0) return;
+    if (!w->last_policy || strcmp(p, w->last_policy) != 0) send_line(w, p, strlen(p));
+    free(w->last_policy);
+    w->last_policy = p;
+    return;
+  }
+  if (w->kind == W_PROFILE) {
     char *p = NULL;
     if (mesh_snapshot_profile_json(snap, w->path, w->ns, &p) < 0) return;
     if (!w->last_profile || strcmp(p, w->last_profile) != 0) send_line(w, p, strlen(p));
@@ -147,6 +241,12 @@ static void refresh(watch *w, const mesh_snapshot *snap) {
   mesh_resolution *r = NULL;
   char *msgs = NULL;
   if (mesh_snapshot_resolve(snap, w->path, w->ns, &r) < 0) return;
+  if (w->dns && !mesh_resolution_exists(r)) { /* still DNS's: the store has nothing to say */
+    mesh_resolution_free(w->last);
+    w->last = r;
+    return;
+  }
+  if (w->dns) dns_unfollow(w);
   if (mesh_resolution_json_diff(w->last, r, &msgs) < 0) {
     mesh_resolution_free(r);
     return;
@@ -155,12 +255,18 @@ static void refresh(watch *w, const mesh_snapshot *snap) {
   mesh_free_string(d->ctx, msgs);
   mesh_resolution_free(w->last);
   w->last = r;
+  char *first = NULL;
+  /* The store let the name go (or DNS had no room for it before). */
+  if (!mesh_resolution_exists(r) && dns_follow(w, &first) > 0) send_lines(w, first);
+  free(first);
 }
 
 static void on_store_change(void *ud, mesh_store *st) {
   daemon_state *d = ud;
   mesh_snapshot *snap = mesh_store_snapshot(st);
   size_t n = 0;
+  if (d->dns && dst_dns_set_snapshot(d->dns, snap) < 0)
+    logmsg("WARN", "out of memory: DNS goes by the namespaces of an older snapshot");
   for (watch *w = d->watches; w; w = w->next, n++) refresh(w, snap);
   logmsg("INFO", "store generation %llu: %zu documents, %zu streams updated",
          (unsigned long long)mesh_snapshot_generation(snap), mesh_snapshot_count(snap), n);
@@ -182,6 +288,29 @@ static char *token_namespace(const char *tok) {
   return NULL;
 }
 
+/* 429 when every stream the service allows is open: true when refused. */
+static bool too_many(daemon_state *d, mesh_rpc_call *call) {
+  if (d->nget + d->nprofile + d->npolicy < d->max_streams) return false;
+  char why[96];
+  snprintf(why, sizeof why, "too many watch streams (%zu): retry later", d->max_streams);
+  mesh_rpc_reply_error(call, 429, MESH_RPC_CODE_RESOURCE_EXHAUSTED, why);
+  return true;
+}
+
+/* w (answered with first, its first message) joins the open streams. */
+static void watch_start(watch *w, const char *first) {
+  daemon_state *d = w->d;
+  w->next = d->watches;
+  if (d->watches) d->watches->prev = w;
+  d->watches = w;
+  mesh_metric_series *gauge;
+  size_t *count = count_of(d, w->kind, &gauge);
+  (*count)++;
+  mesh_metrics_set(gauge, (int64_t)*count);
+  mesh_rpc_call_on_close(w->call, on_close, w);
+  send_lines(w, first); /* NULL: the first answer is on its way (DNS) */
+}
+
 static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
   size_t len = 0;
   const char *body = mesh_rpc_call_body(call, &len);
@@ -195,11 +324,8 @@ static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
                          "expected {\"path\": \"host:port\", \"context_token\": \"...\"}");
     return;
   }
-  if (d->nget + d->nprofile >= d->max_streams) {
+  if (too_many(d, call)) {
     json_decref(req);
-    char why[96];
-    snprintf(why, sizeof why, "too many watch streams (%zu): retry later", d->max_streams);
-    mesh_rpc_reply_error(call, 429, MESH_RPC_CODE_RESOURCE_EXHAUSTED, why);
     return;
   }
   if (strlen(path) > PATH_MAX_BYTES) {
@@ -222,25 +348,30 @@ static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
   }
   w->d = d;
   w->call = call;
-  w->profile = profile;
+  w->kind = profile ? W_PROFILE : W_GET;
   mesh_snapshot *snap = mesh_store_snapshot(d->store);
-  char *first = NULL;
+  char *first = NULL, *dns_first = NULL;
   int rc;
   if (profile) {
     rc = mesh_snapshot_profile_json(snap, w->path, w->ns, &first);
     if (rc == 0) w->last_profile = first;
   } else {
     rc = mesh_snapshot_resolve(snap, w->path, w->ns, &w->last);
-    if (rc == 0) rc = mesh_resolution_json_first(w->last, &first);
+    if (rc == 0 && !mesh_resolution_exists(w->last) && (rc = dns_follow(w, &dns_first)) > 0) rc = 0;
+    if (rc == 0 && !w->dns) rc = mesh_resolution_json_first(w->last, &first);
   }
   mesh_snapshot_unref(snap);
   if (rc < 0) {
     char why[700];
     snprintf(why, sizeof why, "%s: %s", path_or(w->path),
-             rc == MESH_ERR_PARSE ? "not an authority (host:port)" : mesh_strerror(rc));
-    mesh_rpc_reply_error(call, rc == MESH_ERR_PARSE ? 400 : 500,
-                         rc == MESH_ERR_PARSE ? MESH_RPC_CODE_INVALID_ARGUMENT
-                                              : MESH_RPC_CODE_INTERNAL,
+             rc == MESH_ERR_PARSE ? "not an authority (host:port)"
+             : rc == MESH_ERR_LIMIT ? "every name DNS may hold is watched (--dns-max-names): retry later"
+                                    : mesh_strerror(rc));
+    if (rc == MESH_ERR_LIMIT) logmsg("WARN", "Get refused: %s", why);
+    mesh_rpc_reply_error(call, rc == MESH_ERR_PARSE ? 400 : rc == MESH_ERR_LIMIT ? 429 : 500,
+                         rc == MESH_ERR_PARSE   ? MESH_RPC_CODE_INVALID_ARGUMENT
+                         : rc == MESH_ERR_LIMIT ? MESH_RPC_CODE_RESOURCE_EXHAUSTED
+                                                : MESH_RPC_CODE_INTERNAL,
                          why);
     mesh_resolution_free(w->last);
     if (!profile) mesh_free_string(d->ctx, first);
@@ -249,20 +380,78 @@ static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
     free(w);
     return;
   }
-  w->next = d->watches;
-  if (d->watches) d->watches->prev = w;
-  d->watches = w;
-  if (profile) d->nprofile++;
-  else d->nget++;
-  mesh_metrics_set(profile ? d->streams_profile : d->streams_get,
-                   (int64_t)(profile ? d->nprofile : d->nget));
-  mesh_rpc_call_on_close(call, on_close, w);
-  send_line(w, first, strlen(first));
+  watch_start(w, w->dns ? dns_first : first);
+  free(dns_first);
   if (!profile) mesh_free_string(d->ctx, first);
 }
 
 static void on_get(void *ud, mesh_rpc_call *call) { on_request(ud, call, false); }
 static void on_profile(void *ud, mesh_rpc_call *call) { on_request(ud, call, true); }
+
+/* WatchWorkload: {"workload": "namespace:name"}, PortSpec's workload field
+ * in the form Linkerd's proxies send it (LINKERD2_PROXY_POLICY_WORKLOAD). */
+static void on_policy(void *ud, mesh_rpc_call *call) {
+  daemon_state *d = ud;
+  size_t len = 0;
+  const char *body = mesh_rpc_call_body(call, &len);
+  json_error_t je;
+  json_t *req = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+  const char *wl = json_string_value(json_object_get(req, "workload"));
+  const char *colon = wl ? strchr(wl, ':') : NULL;
+  if (!json_is_object(req) || !wl || !colon || colon == wl || !colon[1] ||
+      strchr(colon + 1, ':') || strlen(wl) > WORKLOAD_MAX_BYTES) {
+    json_decref(req);
+    mesh_rpc_reply_error(call, 400, MESH_RPC_CODE_INVALID_ARGUMENT,
+                         "expected {\"workload\": \"namespace:name\"} (at most 512 bytes)");
+    return;
+  }
+  if (too_many(d, call)) {
+    json_decref(req);
+    return;
+  }
+  watch *w = calloc(1, sizeof *w);
+  if (w) {
+    w->ns = strndup(wl, (size_t)(colon - wl));
+    w->path = strdup(colon + 1);
+  }
+  json_decref(req);
+  if (!w || !w->ns || !w->path) {
+    if (w) {
+      free(w->ns);
+      free(w->path);
+    }
+    free(w);
+    mesh_rpc_reply_error(call, 500, MESH_RPC_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  w->d = d;
+  w->call = call;
+  w->kind = W_POLICY;
+  mesh_snapshot *snap = mesh_store_snapshot(d->store);
+  int rc = policy_message(w, snap, false, &w->last_policy);
+  mesh_snapshot_unref(snap);
+  if (rc == 0 && strlen(w->last_policy) > MESH_RPC_CLIENT_LINE_MAX) rc = MESH_ERR_LIMIT;
+  if (rc < 0) {
+    char why[700];
+    if (rc == MESH_ERR_NOT_FOUND)
+      snprintf(why, sizeof why, "no Workload '%s' in namespace '%s' in the store", w->path, w->ns);
+    else if (rc == MESH_ERR_LIMIT)
+      snprintf(why, sizeof why, "the policy of Workload %s/%s is over 1 MiB", w->ns, w->path);
+    else
+      snprintf(why, sizeof why, "%s/%s: %s", w->ns, w->path, mesh_strerror(rc));
+    mesh_rpc_reply_error(call, rc == MESH_ERR_NOT_FOUND ? 404 : rc == MESH_ERR_LIMIT ? 413 : 500,
+                         rc == MESH_ERR_NOT_FOUND ? MESH_RPC_CODE_NOT_FOUND
+                         : rc == MESH_ERR_LIMIT   ? MESH_RPC_CODE_RESOURCE_EXHAUSTED
+                                                  : MESH_RPC_CODE_INTERNAL,
+                         why);
+    free(w->last_policy);
+    free(w->path);
+    free(w->ns);
+    free(w);
+    return;
+  }
+  watch_start(w, w->last_policy);
+}
 
 /* ---- TLS ------------------------------------------------------------------ */
 
@@ -390,17 +579,20 @@ static bool metrics_setup(daemon_state *d) {
                             "The generation of the snapshot being served.", NULL, 0, &gen);
   if (!rc)
     rc = mesh_metrics_gauge(d->metrics, "destination_streams",
-                            "Open watch streams, by method (get, profile).", &method, 1, &streams);
+                            "Open watch streams, by method (get, profile, policy).", &method, 1,
+                            &streams);
   if (!rc)
     rc = mesh_metrics_counter(d->metrics, "destination_updates_total",
                               "Messages sent on watch streams.", NULL, 0, &updates);
-  const char *ok = "ok", *refused = "refused", *get = "get", *profile = "profile";
+  const char *ok = "ok", *refused = "refused", *get = "get", *profile = "profile",
+             *policy = "policy";
   if (!rc) rc = mesh_metrics_series(reloads, &ok, 1, &d->reloads_ok);
   if (!rc) rc = mesh_metrics_series(reloads, &refused, 1, &d->reloads_refused);
   if (!rc) rc = mesh_metrics_series(failing, NULL, 0, &d->failing);
   if (!rc) rc = mesh_metrics_series(gen, NULL, 0, &d->generation);
   if (!rc) rc = mesh_metrics_series(streams, &get, 1, &d->streams_get);
   if (!rc) rc = mesh_metrics_series(streams, &profile, 1, &d->streams_profile);
+  if (!rc) rc = mesh_metrics_series(streams, &policy, 1, &d->streams_policy);
   if (!rc) rc = mesh_metrics_series(updates, NULL, 0, &d->updates);
   if (!rc) rc = mesh_metrics_process(d->metrics);
   if (rc) logmsg("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
@@ -409,7 +601,8 @@ static bool metrics_setup(daemon_state *d) {
 
 static void metrics_free(daemon_state *d) {
   mesh_metric_series *all[] = {d->reloads_ok, d->reloads_refused, d->failing,      d->generation,
-                               d->streams_get, d->streams_profile, d->updates, d->error_info};
+                               d->streams_get, d->streams_profile, d->updates, d->error_info,
+                               d->streams_policy};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mesh_metrics_series_unref(all[i]);
   mesh_metrics_free(d->metrics);
 }
@@ -521,7 +714,9 @@ static void usage(FILE *out) {
   fprintf(out,
           "mesh-destination: the mesh's discovery service. Proxies watch the endpoints\n"
           "(Destination.Get) and the profile (Destination.GetProfile) of the services they\n"
-          "talk to, as streams of JSON lines over HTTP/2 (doc/protocol.md).\n\n"
+          "talk to, and the inbound policy documents of their own workload\n"
+          "(InboundServerPolicies.WatchWorkload), as streams of JSON lines over HTTP/2\n"
+          "(doc/protocol.md).\n\n"
           "Usage:\n  mesh-destination --store-dir DIR [flags]\n\n"
           "Flags:\n"
           "      --store-dir DIR          the manifests (*.yaml, *.yml, *.json): Services,\n"
@@ -539,20 +734,38 @@ static void usage(FILE *out) {
           "      --trust-domain NAME      the identity trust domain (cluster.local)\n"
           "      --identity-namespace NS  the control plane's namespace in identities (linkerd)\n"
           "      --debounce-ms MS         quiet time after a change before reading (100)\n"
-          "      --max-streams N          open Get and GetProfile streams in all; more are\n"
-          "                               refused with 429 resource_exhausted (20000)\n"
+          "      --max-streams N          open Get, GetProfile and WatchWorkload streams in all;\n"
+          "                               more are refused with 429 resource_exhausted\n"
+          "                               (20000)\n"
+          "      --dns-server IP[:PORT]   the DNS servers asked for names outside the store\n"
+          "                               (repeatable, or a comma list; default: those of\n"
+          "                               /etc/resolv.conf, as c-ares reads it)\n"
+          "      --dns-max-names N        names held for DNS, watched or cached until their\n"
+          "                               TTL; a Get for one more is refused with 429 (1000)\n"
+          "      --dns-max-resolving N    DNS resolutions in flight; the others queue (16)\n"
+          "      --no-dns-fallback        answer every name the store does not know with\n"
+          "                               no_endpoints{exists:false}, without DNS\n"
           "  -h, --help                   show this help\n\n"
           "The directory is watched (inotify): a change is read once it has been quiet for\n"
           "the debounce time, and replaces what is served only when every file is valid;\n"
           "otherwise the last good state stays and the error is logged and shown on\n"
           "/metrics and /store. SIGHUP reads the directory (and the identity directory)\n"
           "at once. The first load must succeed. SIGTERM or SIGINT stops the service.\n"
-          "Logs go to standard error.\n");
+          "Logs go to standard error.\n\n"
+          "A Get for a name the store does not know, of two labels or more and outside\n"
+          "the cluster domain (not *.svc, not *.<cluster-domain>, not svc.ns for a\n"
+          "namespace of the store: those stay the store's), is resolved by DNS (A and\n"
+          "AAAA, as an absolute name). Its addresses are sent as endpoints that are not\n"
+          "meshed (no tls_identity: plain TCP) and resolved again when their TTL runs out\n"
+          "(at least 5 s, at most 5 min), with add/remove for what changed. NXDOMAIN or\n"
+          "no record is no_endpoints{exists:false} (asked again after 30 s); a failing\n"
+          "server keeps the last answer and is retried with backoff (1 s doubling to\n"
+          "30 s). Streams for one name share its resolution.\n");
 }
 
 int main(int argc, char **argv) {
   enum { OPT_DIR = 256, OPT_LISTEN, OPT_ADMIN, OPT_CD, OPT_TD, OPT_NS, OPT_DEBOUNCE, OPT_ID, OPT_AUTH,
-         OPT_MAX };
+         OPT_MAX, OPT_DNS_SERVER, OPT_DNS_NAMES, OPT_DNS_RESOLVING, OPT_NO_DNS };
   static const struct option opts[] = {
       {"store-dir", required_argument, NULL, OPT_DIR},
       {"listen", required_argument, NULL, OPT_LISTEN},
@@ -564,12 +777,19 @@ int main(int argc, char **argv) {
       {"identity-dir", required_argument, NULL, OPT_ID},
       {"client-auth", required_argument, NULL, OPT_AUTH},
       {"max-streams", required_argument, NULL, OPT_MAX},
+      {"dns-server", required_argument, NULL, OPT_DNS_SERVER},
+      {"dns-max-names", required_argument, NULL, OPT_DNS_NAMES},
+      {"dns-max-resolving", required_argument, NULL, OPT_DNS_RESOLVING},
+      {"no-dns-fallback", no_argument, NULL, OPT_NO_DNS},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   const char *listen = "127.0.0.1:8086", *admin = "0.0.0.0:9996", *dir = NULL, *cd = NULL,
              *td = NULL, *ns = NULL, *identity_dir = NULL;
-  long debounce = -1, max_streams = DEFAULT_MAX_STREAMS;
+  long debounce = -1, max_streams = DEFAULT_MAX_STREAMS, dns_names = DST_DNS_DEFAULT_MAX_NAMES,
+       dns_resolving = DST_DNS_DEFAULT_MAX_RESOLVING;
+  bool dns_fallback = true;
+  char dns_servers[1024] = "", dns_err[300];
   int client_auth = MESH_TLS_CLIENT_AUTH_REQUIRED;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -590,6 +810,28 @@ int main(int argc, char **argv) {
       }
       break;
     }
+    case OPT_DNS_SERVER: {
+      size_t used = strlen(dns_servers);
+      if (snprintf(dns_servers + used, sizeof dns_servers - used, "%s%s", used ? "," : "", optarg) >=
+          (int)(sizeof dns_servers - used)) {
+        fprintf(stderr, "mesh-destination: --dns-server: too long a list\n");
+        return 2;
+      }
+      break;
+    }
+    case OPT_DNS_NAMES:
+    case OPT_DNS_RESOLVING: {
+      char *end;
+      long v = strtol(optarg, &end, 10);
+      if (*end || v < 1 || v > 100000) {
+        fprintf(stderr, "mesh-destination: --%s is 1 to 100000\n",
+                c == OPT_DNS_NAMES ? "dns-max-names" : "dns-max-resolving");
+        return 2;
+      }
+      *(c == OPT_DNS_NAMES ? &dns_names : &dns_resolving) = v;
+      break;
+    }
+    case OPT_NO_DNS: dns_fallback = false; break;
     case OPT_AUTH:
       if (!strcmp(optarg, "required")) client_auth = MESH_TLS_CLIENT_AUTH_REQUIRED;
       else if (!strcmp(optarg, "optional")) client_auth = MESH_TLS_CLIENT_AUTH_OPTIONAL;
@@ -620,6 +862,10 @@ int main(int argc, char **argv) {
     /* Plaintext only in this version: endpoints and identities are not for the network. */
     fprintf(stderr, "mesh-destination: --listen %s: only loopback addresses are served "
                     "in plaintext: give --identity-dir to serve over mTLS\n", listen);
+    return 2;
+  }
+  if (*dns_servers && !dst_dns_servers_valid(dns_servers, dns_err, sizeof dns_err)) {
+    fprintf(stderr, "mesh-destination: --dns-server %s\n", dns_err);
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -671,13 +917,35 @@ int main(int argc, char **argv) {
   logmsg("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
   mesh_snapshot_unref(snap);
 
+  if (dns_fallback) {
+    dst_dns_opts dopts = {.cluster_domain = cd ? cd : MESH_STORE_DEFAULT_CLUSTER_DOMAIN,
+                          .servers = *dns_servers ? dns_servers : NULL,
+                          .max_names = (size_t)dns_names,
+                          .max_resolving = (size_t)dns_resolving,
+                          .metrics = d.metrics,
+                          .log = dns_log};
+    if (dst_dns_new(d.base, &dopts, dns_err, sizeof dns_err, &d.dns) < 0) {
+      logmsg("ERROR", "cannot set up the DNS fallback: %s", dns_err);
+      goto done;
+    }
+    snap = mesh_store_snapshot(d.store);
+    rc = dst_dns_set_snapshot(d.dns, snap);
+    mesh_snapshot_unref(snap);
+    if (rc < 0) {
+      logmsg("ERROR", "cannot set up the DNS fallback: %s", mesh_strerror(rc));
+      goto done;
+    }
+    logmsg("INFO", "names outside the store and the cluster domain are resolved by DNS (%s)",
+           *dns_servers ? dns_servers : "the servers of /etc/resolv.conf");
+  }
   if (identity_dir && !load_tls(&d, "start")) goto done;
   if ((rc = mesh_rpc_server_opts_new(d.ctx, &ro)) < 0 ||
       (d.creds && (rc = mesh_rpc_server_opts_set_tls_creds(ro, d.creds, client_auth)) < 0) ||
       (rc = mesh_rpc_server_opts_set_limit(ro, MESH_RPC_LIMIT_STREAMS, STREAMS_PER_CONN)) < 0 ||
       (rc = mesh_rpc_server_new(d.ctx, d.base, ro, &srv)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, GET_PATH, on_get, &d)) < 0 ||
-      (rc = mesh_rpc_server_handle(srv, PROFILE_PATH, on_profile, &d)) < 0) {
+      (rc = mesh_rpc_server_handle(srv, PROFILE_PATH, on_profile, &d)) < 0 ||
+      (rc = mesh_rpc_server_handle(srv, POLICY_PATH, on_policy, &d)) < 0) {
     logmsg("ERROR", "cannot set up the Destination server: %s", mesh_strerror(rc));
     goto done;
   }
@@ -687,7 +955,8 @@ int main(int argc, char **argv) {
            rc == MESH_ERR_IO ? strerror(errno) : "");
     goto done;
   }
-  logmsg("INFO", "Destination (Get, GetProfile) listening on %.*s:%u over %s",
+  logmsg("INFO", "Destination (Get, GetProfile) and InboundServerPolicies (WatchWorkload) "
+                 "listening on %.*s:%u over %s",
          (int)(strrchr(listen, ':') - listen), listen, port,
          !d.creds ? "plaintext HTTP/2"
          : client_auth == MESH_TLS_CLIENT_AUTH_REQUIRED ? "mTLS (client certificates required)"
@@ -707,6 +976,7 @@ done:
   if (http) evhttp_free(http);
   /* Ends every stream: their close callbacks free the watches. */
   mesh_rpc_server_free(srv);
+  dst_dns_free(d.dns); /* after the watches, which hold its names */
   mesh_rpc_server_opts_free(ro);
   mesh_tls_creds_free(d.creds);
   mesh_store_free(d.store);

@@ -446,21 +446,19 @@ static bool metric(const char *text, const char *name, double *v) {
   return false;
 }
 
-/* Whether the proxy's certificate file chains to the anchors: the file named
- * by its /env.json, read here (meshctl runs on the proxy's machine). */
+/* Whether the certificates the proxy uses chain to the anchors: the PEM its
+ * /env.json serves (public), so this holds wherever the proxy got them from
+ * (files or mesh-identity) and whichever machine it runs on. */
 static void proxy_chain(report *r, mesh_ctx *ctx, const char *addr, json_t *env, const trust *t,
                         uint64_t now) {
   static const char cat[] = "data-plane";
-  const char *dir = json_string_value(json_object_get(env, "MESH_PROXY_IDENTITY_DIR"));
-  const char *cert = json_string_value(json_object_get(env, "MESH_PROXY_CERT"));
-  char path[4096], why[1024], hint[1400], *text = NULL;
-  size_t len;
+  const char *text = json_string_value(json_object_get(env, "identity_chain_pem"));
+  char hint[1400];
   mesh_certs *chain = NULL;
-  if (dir) join(path, sizeof path, dir, "leaf.crt");
-  else say(path, sizeof path, "%s", cert ? cert : "");
-  if (!*path || !meshctl_certs_load(ctx, path, &text, &len, &chain, why, sizeof why)) {
+  if (!text || mesh_certs_parse(ctx, text, strlen(text), NULL, &chain) != 0) {
     say(hint, sizeof hint, "cannot tell: %s",
-             *path ? why : "its /env.json names no certificate file");
+        text ? "its /env.json identity_chain_pem is not PEM certificates"
+             : "its /env.json has no identity_chain_pem (an older meshd?)");
     add(r, cat, MESHCTL_ST_WARN, hint, "proxy %s's certificate is issued by the trust anchor",
         addr);
     return;
@@ -469,7 +467,7 @@ static void proxy_chain(report *r, mesh_ctx *ctx, const char *addr, json_t *env,
   int rc = mesh_certs_verify(chain, t->anchors, now, &reason);
   if (rc == MESH_ERR_TLS && t->issuer_text && mesh_certs_count(chain) == 1) {
     /* A bare leaf: the issuer of this mesh completes the chain. */
-    size_t jl = len + t->issuer_len + 2;
+    size_t len = strlen(text), jl = len + t->issuer_len + 2;
     char *joined = malloc(jl);
     mesh_certs *full = NULL;
     if (joined) {
@@ -480,13 +478,12 @@ static void proxy_chain(report *r, mesh_ctx *ctx, const char *addr, json_t *env,
     mesh_certs_free(full);
     free(joined);
   }
-  say(hint, sizeof hint, "%s is not signed by the trust anchors in %s: %s", path,
-           t->anchors_file, reason ? reason : mesh_strerror(rc));
+  say(hint, sizeof hint, "its certificate is not signed by the trust anchors in %s: %s",
+      t->anchors_file, reason ? reason : mesh_strerror(rc));
   bool bad = rc < 0 && rc != MESH_ERR_EXPIRED;
   add(r, cat, bad ? MESHCTL_ST_ERR : MESHCTL_ST_OK, bad ? hint : NULL,
       "proxy %s's certificate is issued by the trust anchor", addr);
   mesh_certs_free(chain);
-  free(text);
 }
 
 static void proxy(report *r, mesh_ctx *ctx, const char *addr, const trust *t, uint64_t now) {

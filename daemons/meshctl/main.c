@@ -12,8 +12,10 @@ static const meshctl_command *const commands[] = {
     &meshctl_cmd_validate,
     &meshctl_cmd_profile,
     &meshctl_cmd_get,
+    &meshctl_cmd_authz,
     &meshctl_cmd_identity, &meshctl_cmd_diagnostics,
     &meshctl_cmd_check,
+    &meshctl_cmd_viz,
     &meshctl_cmd_version,
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

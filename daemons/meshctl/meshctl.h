@@ -26,7 +26,9 @@ extern const meshctl_command meshctl_cmd_profile;
 extern const meshctl_command meshctl_cmd_version;
 extern const meshctl_command meshctl_cmd_identity, meshctl_cmd_diagnostics;
 extern const meshctl_command meshctl_cmd_get;
+extern const meshctl_command meshctl_cmd_authz;
 extern const meshctl_command meshctl_cmd_check;
+extern const meshctl_command meshctl_cmd_viz;
 
 /* diagnostics endpoints / profile (diag_destination.c): clients of
  * mesh-destination. argv[0] names the subcommand; usage prints the whole

@@ -12,12 +12,14 @@
 
 enum {
   OPT_OUTBOUND = 256, OPT_INBOUND, OPT_ADMIN, OPT_PORT_MAP, OPT_ENDPOINTS, OPT_IDENTITY_DIR,
-  OPT_CERT, OPT_KEY, OPT_ANCHORS, OPT_ALLOW_UNAUTH, OPT_INBOUND_PORTS, OPT_CONNECT_TIMEOUT,
+  OPT_CERT, OPT_KEY, OPT_ANCHORS, OPT_ALLOW_UNAUTH, OPT_INBOUND_PORTS, OPT_INBOUND_FORWARD_IP, OPT_CONNECT_TIMEOUT,
   OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_GRACE, OPT_MAX_CONNS, OPT_BUFFER, OPT_LOG_LEVEL,
   OPT_DETECT_TIMEOUT, OPT_RESPONSE_TIMEOUT, OPT_INBOUND_CONNECT_TIMEOUT, OPT_MAX_HEADER_BYTES,
   OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS, OPT_PROFILES, OPT_POLICY, OPT_WORKLOAD_NS,
   OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_MAX_IN_FLIGHT, OPT_DESTINATION,
-  OPT_DESTINATION_ID
+  OPT_DESTINATION_ID, OPT_IDENTITY_ADDR, OPT_IDENTITY_TOKEN_FILE, OPT_SERVICE_ACCOUNT,
+  OPT_IDENTITY_SVC_NAME, OPT_WORKLOAD_NAME, OPT_OUTBOUND_FAILFAST, OPT_INBOUND_FAILFAST, OPT_OUTBOUND_QUEUE,
+  OPT_INBOUND_QUEUE
 };
 
 static const struct option LONG[] = {
@@ -32,14 +34,20 @@ static const struct option LONG[] = {
     {"policy", required_argument, NULL, OPT_POLICY},
     {"workload-namespace", required_argument, NULL, OPT_WORKLOAD_NS},
     {"workload-labels", required_argument, NULL, OPT_WORKLOAD_LABELS},
+    {"workload-name", required_argument, NULL, OPT_WORKLOAD_NAME},
     {"default-inbound-policy", required_argument, NULL, OPT_DEFAULT_POLICY},
     {"cluster-networks", required_argument, NULL, OPT_CLUSTER_NETWORKS},
     {"identity-dir", required_argument, NULL, OPT_IDENTITY_DIR},
     {"cert", required_argument, NULL, OPT_CERT},
     {"key", required_argument, NULL, OPT_KEY},
     {"anchors", required_argument, NULL, OPT_ANCHORS},
+    {"identity-addr", required_argument, NULL, OPT_IDENTITY_ADDR},
+    {"identity-token-file", required_argument, NULL, OPT_IDENTITY_TOKEN_FILE},
+    {"service-account", required_argument, NULL, OPT_SERVICE_ACCOUNT},
+    {"identity-svc-name", required_argument, NULL, OPT_IDENTITY_SVC_NAME},
     {"inbound-allow-unauthenticated", no_argument, NULL, OPT_ALLOW_UNAUTH},
     {"inbound-ports", required_argument, NULL, OPT_INBOUND_PORTS},
+    {"inbound-forward-ip", required_argument, NULL, OPT_INBOUND_FORWARD_IP},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
@@ -47,6 +55,10 @@ static const struct option LONG[] = {
     {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
     {"buffer-bytes", required_argument, NULL, OPT_BUFFER},
     {"max-in-flight", required_argument, NULL, OPT_MAX_IN_FLIGHT},
+    {"outbound-failfast-timeout", required_argument, NULL, OPT_OUTBOUND_FAILFAST},
+    {"inbound-failfast-timeout", required_argument, NULL, OPT_INBOUND_FAILFAST},
+    {"outbound-queue-capacity", required_argument, NULL, OPT_OUTBOUND_QUEUE},
+    {"inbound-queue-capacity", required_argument, NULL, OPT_INBOUND_QUEUE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
     {"response-timeout", required_argument, NULL, OPT_RESPONSE_TIMEOUT},
@@ -75,14 +87,20 @@ static const struct {
     {OPT_POLICY, "MESH_PROXY_POLICY"},
     {OPT_WORKLOAD_NS, "MESH_PROXY_WORKLOAD_NAMESPACE"},
     {OPT_WORKLOAD_LABELS, "MESH_PROXY_WORKLOAD_LABELS"},
+    {OPT_WORKLOAD_NAME, "MESH_PROXY_WORKLOAD_NAME"},
     {OPT_DEFAULT_POLICY, "MESH_PROXY_DEFAULT_INBOUND_POLICY"},
     {OPT_CLUSTER_NETWORKS, "MESH_PROXY_CLUSTER_NETWORKS"},
     {OPT_IDENTITY_DIR, "MESH_PROXY_IDENTITY_DIR"},
     {OPT_CERT, "MESH_PROXY_CERT"},
     {OPT_KEY, "MESH_PROXY_KEY"},
     {OPT_ANCHORS, "MESH_PROXY_ANCHORS"},
+    {OPT_IDENTITY_ADDR, "MESH_PROXY_IDENTITY_ADDR"},
+    {OPT_IDENTITY_TOKEN_FILE, "MESH_PROXY_IDENTITY_TOKEN_FILE"},
+    {OPT_SERVICE_ACCOUNT, "MESH_PROXY_SERVICE_ACCOUNT"},
+    {OPT_IDENTITY_SVC_NAME, "MESH_PROXY_IDENTITY_SVC_NAME"},
     {OPT_ALLOW_UNAUTH, "MESH_PROXY_INBOUND_ALLOW_UNAUTHENTICATED"},
     {OPT_INBOUND_PORTS, "MESH_PROXY_INBOUND_PORTS"},
+    {OPT_INBOUND_FORWARD_IP, "MESH_PROXY_INBOUND_FORWARD_IP"},
     {OPT_CONNECT_TIMEOUT, "MESH_PROXY_CONNECT_TIMEOUT"},
     {OPT_HEADER_TIMEOUT, "MESH_PROXY_HEADER_TIMEOUT"},
     {OPT_IDLE_TIMEOUT, "MESH_PROXY_IDLE_TIMEOUT"},
@@ -90,6 +108,10 @@ static const struct {
     {OPT_MAX_CONNS, "MESH_PROXY_MAX_CONNECTIONS"},
     {OPT_BUFFER, "MESH_PROXY_BUFFER_BYTES"},
     {OPT_MAX_IN_FLIGHT, "MESH_PROXY_MAX_IN_FLIGHT"},
+    {OPT_OUTBOUND_FAILFAST, "MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT"},
+    {OPT_INBOUND_FAILFAST, "MESH_PROXY_INBOUND_FAILFAST_TIMEOUT"},
+    {OPT_OUTBOUND_QUEUE, "MESH_PROXY_OUTBOUND_QUEUE_CAPACITY"},
+    {OPT_INBOUND_QUEUE, "MESH_PROXY_INBOUND_QUEUE_CAPACITY"},
     {OPT_LOG_LEVEL, "MESH_PROXY_LOG_LEVEL"},
     {OPT_DETECT_TIMEOUT, "MESH_PROXY_DETECT_TIMEOUT"},
     {OPT_RESPONSE_TIMEOUT, "MESH_PROXY_RESPONSE_TIMEOUT"},
@@ -114,21 +136,36 @@ static void usage(FILE *out) {
           "  --endpoints FILE              the static endpoints file (JSON; re-read on SIGHUP and change)\n"
           "  --profiles DIR                ServiceProfiles and TrafficSplits (*.yaml; re-read likewise)\n"
           "  --destination-addr ADDR       mesh-destination (e.g. 127.0.0.1:8086): discover what the\n"
-          "                                endpoints file does not know\n"
+          "                                endpoints file does not know, and profiles\n"
           "  --destination-identity ID     mesh-destination's identity (mTLS even on loopback)\n"
           "  --namespace NS                this proxy's namespace, for short names (default: default)\n"
           "  --policy DIR                  inbound authorization: Servers, authorizations, routes\n"
           "  --workload-namespace NS --workload-labels app=web,...   who this proxy fronts [default]\n"
+          "  --workload-name NAME          its Workload in the store: with --destination-addr and\n"
+          "                                no --policy, the inbound policy (and labels) come from\n"
+          "                                mesh-destination; not ready until the first one\n"
           "  --default-inbound-policy P    for ports no Server selects [all-unauthenticated]\n"
           "  --cluster-networks CIDRS      [10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8]\n"
           "  --identity-dir DIR            DIR/leaf.crt, DIR/key.pem, DIR/ca.crt\n"
           "  --cert FILE --key FILE --anchors FILE   the same, as three files\n"
+          "  --identity-addr ADDR          or certify with mesh-identity (key in memory, renewed):\n"
+          "    --identity-token-file FILE --service-account SA --anchors FILE\n"
+          "                                the workload token (re-read at each renewal), the\n"
+          "                                identity <sa>.<workload-namespace>.serviceaccount...\n"
+          "  --identity-svc-name ID        mesh-identity's identity\n"
+          "                                [identity.linkerd.serviceaccount.identity.linkerd.cluster.local]\n"
           "  --inbound-allow-unauthenticated         accept inbound clients without a certificate\n"
           "  --inbound-ports LIST          ports inbound may connect to, e.g. 8080,9090 [all]\n"
+          "  --inbound-forward-ip IP       where inbound reaches the application [127.0.0.1]\n"
           "Limits (durations: 500ms, 5s, 1m, 1h; plain numbers are milliseconds):\n"
           "  --connect-timeout D [1s]  --header-timeout D [10s]  --idle-timeout D [1h, 0: none]\n"
           "  --shutdown-grace D [5s]   --max-connections N [10000]  --buffer-bytes N [65536]\n"
           "  --max-in-flight N [100000] HTTP requests at once; past it 503 (load shed)\n"
+          "  --outbound-failfast-timeout D [3s]  --inbound-failfast-timeout D [1s]\n"
+          "                             how long a request waits for a ready endpoint or a\n"
+          "                             connection; then 503 (fail_fast)\n"
+          "  --outbound-queue-capacity N [10000]  --inbound-queue-capacity N [10000]\n"
+          "                             requests waiting at once; past it 503 (load_shed)\n"
           "  --detect-timeout D [10s]  --response-timeout D [0: none]\n"
           "  --inbound-connect-timeout D [300ms]\n"
           "  --max-header-bytes N [65536]  --max-header-fields N [100]\n"
@@ -161,6 +198,10 @@ static const char *workload_ns = "default";
 static const char *workload_labels = "";
 static uint32_t head_bytes = MESH_PROXY_DEFAULT_MAX_HEAD_BYTES;
 static uint32_t head_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
+/* Self-certification takes four settings at once, and is checked against
+ * the file credentials once every flag is in. */
+static const char *identity_addr, *identity_token_file, *service_account, *identity_svc_name;
+static int identity_dir_given;
 
 static void log_stderr(void *ud, int level, const char *line) {
   (void)ud;
@@ -226,9 +267,17 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     else workload_labels = arg;
     rc = mesh_proxy_opts_set_workload(o, workload_ns, workload_labels, &why);
     break;
+  case OPT_WORKLOAD_NAME: rc = mesh_proxy_opts_set_workload_name(o, arg, &why); break;
   case OPT_DEFAULT_POLICY: rc = mesh_proxy_opts_set_default_inbound_policy(o, arg, &why); break;
   case OPT_CLUSTER_NETWORKS: rc = mesh_proxy_opts_set_cluster_networks(o, arg); break;
-  case OPT_IDENTITY_DIR: rc = mesh_proxy_opts_set_identity_dir(o, arg); break;
+  case OPT_IDENTITY_DIR:
+    identity_dir_given = *arg != '\0';
+    rc = mesh_proxy_opts_set_identity_dir(o, *arg ? arg : NULL);
+    break;
+  case OPT_IDENTITY_ADDR: identity_addr = *arg ? arg : NULL; break;
+  case OPT_IDENTITY_TOKEN_FILE: identity_token_file = *arg ? arg : NULL; break;
+  case OPT_SERVICE_ACCOUNT: service_account = *arg ? arg : NULL; break;
+  case OPT_IDENTITY_SVC_NAME: identity_svc_name = *arg ? arg : NULL; break;
   case OPT_CERT: *cert = arg; break;
   case OPT_KEY: *key = arg; break;
   case OPT_ANCHORS: *anchors = arg; break;
@@ -237,6 +286,7 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
         o, !arg || !strcmp(arg, "1") || !strcmp(arg, "true"));
     break;
   case OPT_INBOUND_PORTS: rc = mesh_proxy_opts_set_inbound_ports(o, arg, &why); break;
+  case OPT_INBOUND_FORWARD_IP: rc = mesh_proxy_opts_set_inbound_forward_ip(o, arg, &why); break;
   case OPT_OPAQUE_PORTS: rc = mesh_proxy_opts_set_opaque_ports(o, arg, &why); break;
   case OPT_CONNECT_TIMEOUT:
   case OPT_HEADER_TIMEOUT:
@@ -245,6 +295,8 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
   case OPT_DETECT_TIMEOUT:
   case OPT_RESPONSE_TIMEOUT:
   case OPT_INBOUND_CONNECT_TIMEOUT:
+  case OPT_OUTBOUND_FAILFAST:
+  case OPT_INBOUND_FAILFAST:
     if (parse_duration(arg, &ms) || (opt != OPT_IDLE_TIMEOUT && ms > UINT32_MAX)) {
       rc = MESH_ERR_PARSE;
       why = "a duration such as 500ms, 5s, 1m, 1h";
@@ -257,11 +309,15 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
          : opt == OPT_RESPONSE_TIMEOUT ? mesh_proxy_opts_set_response_timeout(o, (uint32_t)ms)
          : opt == OPT_INBOUND_CONNECT_TIMEOUT
              ? mesh_proxy_opts_set_inbound_connect_timeout(o, (uint32_t)ms)
+         : opt == OPT_OUTBOUND_FAILFAST || opt == OPT_INBOUND_FAILFAST
+             ? mesh_proxy_opts_set_failfast_timeout(o, opt == OPT_INBOUND_FAILFAST, (uint32_t)ms)
              : mesh_proxy_opts_set_shutdown_grace(o, (uint32_t)ms);
     break;
   case OPT_MAX_CONNS:
   case OPT_BUFFER:
   case OPT_MAX_IN_FLIGHT:
+  case OPT_OUTBOUND_QUEUE:
+  case OPT_INBOUND_QUEUE:
   case OPT_MAX_HEADER_BYTES:
   case OPT_MAX_HEADER_FIELDS: {
     char *end;
@@ -276,6 +332,8 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     rc = opt == OPT_MAX_CONNS ? mesh_proxy_opts_set_max_connections(o, (uint32_t)v)
          : opt == OPT_BUFFER  ? mesh_proxy_opts_set_buffer_bytes(o, (uint32_t)v)
          : opt == OPT_MAX_IN_FLIGHT ? mesh_proxy_opts_set_max_in_flight(o, (uint32_t)v)
+         : opt == OPT_OUTBOUND_QUEUE || opt == OPT_INBOUND_QUEUE
+             ? mesh_proxy_opts_set_queue_capacity(o, opt == OPT_INBOUND_QUEUE, (uint32_t)v)
                               : mesh_proxy_opts_set_http_limits(o, head_bytes, head_fields);
     break;
   }
@@ -334,7 +392,33 @@ int main(int argc, char **argv) {
     fprintf(stderr, "meshd: unexpected argument '%s'\n", argv[optind]);
     return 2;
   }
-  if (cert || key || anchors) {
+  if (identity_addr) {
+    /* One source of credentials: two would race to install theirs. */
+    if (identity_dir_given || cert || key) {
+      fprintf(stderr, "meshd: --identity-addr and %s are exclusive: the credentials come from "
+                      "mesh-identity or from files, not both\n",
+              identity_dir_given ? "--identity-dir" : "--cert/--key");
+      return 2;
+    }
+    if (!identity_token_file || !service_account || !anchors) {
+      fprintf(stderr, "meshd: --identity-addr needs --identity-token-file, --service-account "
+                      "and --anchors (the trust anchors)\n");
+      return 2;
+    }
+    const char *why = NULL;
+    int rc = mesh_proxy_opts_set_identity_service(o, identity_addr, identity_token_file,
+                                                  service_account, anchors, &why);
+    if (rc && !mesh_dns_label_valid(service_account))
+      return bad("--service-account", service_account, rc, why);
+    if (rc) return bad("--identity-addr", identity_addr, rc, why);
+    if (identity_svc_name &&
+        (rc = mesh_proxy_opts_set_identity_service_name(o, identity_svc_name, &why)))
+      return bad("--identity-svc-name", identity_svc_name, rc, why);
+  } else if (identity_token_file || service_account || identity_svc_name) {
+    fprintf(stderr, "meshd: --identity-token-file, --service-account and --identity-svc-name "
+                    "only go with --identity-addr\n");
+    return 2;
+  } else if (cert || key || anchors) {
     if (!cert || !key || !anchors) {
       fprintf(stderr, "meshd: --cert, --key and --anchors go together\n");
       return 2;

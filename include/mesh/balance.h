@@ -113,6 +113,12 @@ MESH_API size_t mesh_balance_count(mesh_balance *b);
  * probations whose one request has not been sent (breakers whose penalty
  * passed move to probation at the next pick). */
 MESH_API size_t mesh_balance_ready_count(mesh_balance *b);
+/* When the earliest open breaker's penalty ends (ns, the clock given to
+ * pick and done): from then on a pick may find an endpoint on probation.
+ * UINT64_MAX when no breaker is open (or b is NULL). A proxy holding
+ * requests until an endpoint is ready arms one timer at this moment rather
+ * than polling. */
+MESH_API uint64_t mesh_balance_next_ready_ns(mesh_balance *b);
 /* The i-th endpoint (for metrics), as a new reference to mesh_endpoint_unref;
  * NULL past the end. The order changes when endpoints are removed. */
 MESH_API mesh_endpoint *mesh_balance_endpoint(mesh_balance *b, size_t i);

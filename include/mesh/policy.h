@@ -161,6 +161,116 @@ typedef struct mesh_policy_result {
 MESH_API int mesh_policy_decide(const mesh_policy *p, const mesh_policy_workload *wl,
                                 const mesh_policy_request *req, mesh_policy_result *ret);
 
+/* ---- a control-plane message ---- */
+
+/* Documents in one InboundServerPolicies.WatchWorkload message at most. */
+#define MESH_POLICY_MESSAGE_MAX_DOCS 10000u
+
+/* Compile the policy a mesh-destination InboundServerPolicies.WatchWorkload
+ * message carries (doc/protocol.md; len bytes of one JSON line, what
+ * mesh_snapshot_policy_json writes): each element of its "documents" is
+ * loaded as a manifest (named "documents[i]" in diagnostics) and all are
+ * compiled by mesh_policy_compile with opts (may be NULL). Decide with
+ * the message's workload.namespace and workload.labels.
+ * Returns 0; MESH_ERR_NOT_FOUND when the message says "exists": false
+ * (the Workload left the store: keep the policy in force);
+ * MESH_ERR_PARSE (not such a message, or a document that does not load
+ * or compile; diagnostics in diags), MESH_ERR_LIMIT (more than
+ * MESH_POLICY_MESSAGE_MAX_DOCS documents), MESH_ERR_NOMEM,
+ * MESH_ERR_INVALID. *ret is untouched on failure. */
+MESH_API int mesh_policy_compile_message(mesh_ctx *ctx, const char *json, size_t len,
+                                         const mesh_policy_opts *opts, mesh_diags *diags,
+                                         mesh_policy **ret);
+
+/* ---- introspection, for tools (meshctl authz) ----
+ * What a snapshot holds, in the terms decisions use. Servers are numbered
+ * 0..mesh_policy_server_count()-1 in decision order (namespace, then
+ * name); a Server's routes and authorizations in the order a decision
+ * tries them. Strings and authorizations are borrowed from the policy
+ * (valid while a reference is held). Thread-safe; nothing allocates.
+ * Out-of-range indexes: MESH_ERR_RANGE (NULL for the pointer getters);
+ * NULL arguments: MESH_ERR_INVALID. */
+
+typedef struct mesh_policy_server_info {
+  const char *name, *ns;
+  uint32_t port;          /* 0 when the Server names its port */
+  const char *port_name;  /* NULL when it gives a number */
+  int32_t protocol;       /* MESH_POLICY_PROTO_* */
+  int32_t access_policy;  /* MESH_POLICY_DEFAULT_*: decides when no authorization holds */
+  size_t nroutes;         /* HTTPRoutes attached (none: every request is the route "default") */
+  size_t nauthz;          /* authorizations for every route: ServerAuthorizations, and
+                           * AuthorizationPolicies on the Server or its namespace */
+} mesh_policy_server_info;
+
+typedef struct mesh_policy_route_info {
+  const char *name, *ns;
+  size_t nrules;
+  size_t nauthz;          /* AuthorizationPolicies that target the route: tried first */
+} mesh_policy_route_info;
+
+/* One authorization: a ServerAuthorization, an AuthorizationPolicy or a
+ * default policy. Opaque; borrowed from the policy. */
+typedef struct mesh_policy_authz mesh_policy_authz;
+
+typedef struct mesh_policy_authz_info {
+  const char *kind;       /* "serverauthorization", "authorizationpolicy", "default" */
+  const char *name;
+  int32_t never;          /* 1: admits no one (a required authentication is missing; deny;
+                           * audit, which allows flagged only as a fallback) */
+  size_t nclauses;        /* each must hold (an AuthorizationPolicy's required refs) */
+} mesh_policy_authz_info;
+
+/* What a clause asks of a client. */
+enum {
+  MESH_POLICY_AUTHN_ANY = 0,  /* anyone, plaintext included (unauthenticated) */
+  MESH_POLICY_AUTHN_TLS = 1,  /* a TLS connection, with or without identity (unauthenticatedTLS) */
+  MESH_POLICY_AUTHN_MESH = 2  /* a verified mesh identity that matches one of the identities */
+};
+
+typedef struct mesh_policy_clause_info {
+  int32_t authn;          /* MESH_POLICY_AUTHN_* */
+  size_t nidentities;
+  size_t nnetworks;       /* 0: from any network */
+} mesh_policy_clause_info;
+
+MESH_API int mesh_policy_server_describe(const mesh_policy *p, size_t i,
+                                         mesh_policy_server_info *ret);
+/* 1 when Server i selects wl (its namespace, its labels, and its port by
+ * number or by wl->port_name; with wl->port 0 and no port_name, any port),
+ * else 0 (also out of range or NULL). */
+MESH_API int mesh_policy_server_selects(const mesh_policy *p, size_t i,
+                                        const mesh_policy_workload *wl);
+/* The Server that decides for wl's port, as mesh_policy_decide picks it,
+ * into *ret. MESH_ERR_NOT_FOUND: none; the default policy decides. */
+MESH_API int mesh_policy_server_find(const mesh_policy *p, const mesh_policy_workload *wl,
+                                     size_t *ret);
+MESH_API int mesh_policy_route_describe(const mesh_policy *p, size_t server, size_t j,
+                                        mesh_policy_route_info *ret);
+MESH_API const mesh_policy_authz *mesh_policy_server_authz(const mesh_policy *p, size_t server,
+                                                           size_t j);
+MESH_API const mesh_policy_authz *mesh_policy_route_authz(const mesh_policy *p, size_t server,
+                                                          size_t route, size_t j);
+/* The snapshot's default policy (for ports no Server selects), and the
+ * authorization a MESH_POLICY_DEFAULT_* stands for (also a Server's
+ * accessPolicy); NULL for UNSET or unknown values. */
+MESH_API int32_t mesh_policy_default(const mesh_policy *p);
+MESH_API const mesh_policy_authz *mesh_policy_default_authz(const mesh_policy *p, int32_t policy);
+
+MESH_API int mesh_policy_authz_describe(const mesh_policy_authz *a, mesh_policy_authz_info *ret);
+MESH_API int mesh_policy_authz_clause(const mesh_policy_authz *a, size_t k,
+                                      mesh_policy_clause_info *ret);
+/* Identity m of clause k as a rule reads: "*" (any), "*.suffix", a DNS-like
+ * name (serviceAccounts already made whole), a SPIFFE ID, or a SPIFFE
+ * prefix (an ID whose path ends in a slash and a star). NUL-terminated in buf.
+ * MESH_ERR_LIMIT when size is too small. */
+MESH_API int mesh_policy_authz_identity(const mesh_policy_authz *a, size_t k, size_t m, char *buf,
+                                        size_t size);
+/* Network m of clause k in CIDR form ("10.0.0.0/8", "fd00::/8"): e 0 the
+ * network, e >= 1 its (e-1)th exception (MESH_ERR_RANGE past the last).
+ * MESH_ERR_LIMIT when size is too small (64 bytes always do). */
+MESH_API int mesh_policy_authz_network(const mesh_policy_authz *a, size_t k, size_t m, size_t e,
+                                       char *buf, size_t size);
+
 MESH_END_DECLS
 
 #endif

@@ -165,6 +165,24 @@ MESH_API int mesh_proxy_opts_set_workload(mesh_proxy_opts *o, const char *ns, co
 MESH_API int mesh_proxy_opts_set_default_inbound_policy(mesh_proxy_opts *o, const char *name,
                                                         const char **why);
 MESH_API int mesh_proxy_opts_set_cluster_networks(mesh_proxy_opts *o, const char *cidrs);
+/* This proxy's Workload in the store (NULL or "": none): with the
+ * workload's namespace (mesh_proxy_opts_set_workload) it is the
+ * "namespace:name" of Linkerd's LINKERD2_PROXY_POLICY_WORKLOAD. With a
+ * destination address and no policy directory (the directory wins), the
+ * proxy watches that Workload's inbound policy on mesh-destination's
+ * InboundServerPolicies.WatchWorkload stream (doc/protocol.md) for its
+ * whole life, reconnecting with the discovery streams' backoff: each
+ * message is compiled with the options above and put in force as a
+ * reloaded directory is, and decisions use the namespace and labels the
+ * message gives (not those of mesh_proxy_opts_set_workload). A message
+ * that does not compile, one saying the Workload left the store, and the
+ * control plane going away all keep the policy in force. Until the first
+ * policy the proxy is not ready (mesh_proxy_ready, /ready) and refuses
+ * inbound traffic: HTTP 503 with l5d-proxy-error: policy_pending, opaque
+ * connections closed. MESH_ERR_PARSE (with *why: not a DNS name),
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_workload_name(mesh_proxy_opts *o, const char *name,
+                                               const char **why);
 
 /* Credentials: a directory holding leaf.crt (chain, leaf first), key.pem
  * and ca.crt (what `meshctl identity certify --out-dir` writes), or three
@@ -175,6 +193,39 @@ MESH_API int mesh_proxy_opts_set_identity_dir(mesh_proxy_opts *o, const char *di
 MESH_API int mesh_proxy_opts_set_credential_files(mesh_proxy_opts *o, const char *cert,
                                                   const char *key, const char *anchors);
 
+/* Credentials from the identity service instead (Linkerd's proxy identity;
+ * doc/meshd.md, Identity): at start the proxy makes a P-256 key in memory
+ * (it is never written anywhere), sends a CSR with the workload's token to
+ * mesh-identity at addr ("127.0.0.1:8080", "[::1]:8080", "localhost:8080")
+ * over TLS, checks the answer against the trust anchors of anchors (a PEM
+ * file), and installs it as the identity-dir credentials are installed;
+ * it certifies again, with a new key, at 70 % of the certificate's life
+ * (mesh_identity_renew_at), and retries failures with
+ * mesh_identity_retry_delay_ms. token_file (read again for every request,
+ * like a projected service-account token) holds the token of
+ * `meshctl identity token`. The identity asked for is
+ *   <service_account>.<workload ns>.serviceaccount.identity.<cp-ns>.<trust-domain>
+ * with the workload's namespace (mesh_proxy_opts_set_workload; "default")
+ * and the control-plane namespace and trust domain of the identity
+ * service's own name (below). Exclusive with the identity directory and
+ * the credential files: mesh_proxy_new refuses both (MESH_ERR_INVALID).
+ * addr NULL or "" turns it off. MESH_ERR_PARSE (with *why: address or
+ * service account), MESH_ERR_INVALID (NULLs when addr is set),
+ * MESH_ERR_NOMEM. */
+#define MESH_PROXY_DEFAULT_IDENTITY_SVC_NAME \
+  "identity.linkerd.serviceaccount.identity.linkerd.cluster.local"
+#define MESH_PROXY_IDENTITY_TIMEOUT_MS 10000u /* one Certify call, connecting included */
+MESH_API int mesh_proxy_opts_set_identity_service(mesh_proxy_opts *o, const char *addr,
+                                                  const char *token_file,
+                                                  const char *service_account,
+                                                  const char *anchors, const char **why);
+/* The identity the identity service must present (either form; NULL: the
+ * default above, what mesh-identity presents with Linkerd's names:
+ * identity.<cp-ns>.serviceaccount.identity.<cp-ns>.<trust-domain>).
+ * MESH_ERR_PARSE (with *why), MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_proxy_opts_set_identity_service_name(mesh_proxy_opts *o, const char *name,
+                                                       const char **why);
+
 /* Inbound connections without a client certificate: refused (0, the
  * default) or accepted as tls="no_identity" (1). MESH_ERR_INVALID. */
 MESH_API int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow);
@@ -184,6 +235,14 @@ MESH_API int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *
  * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
 MESH_API int mesh_proxy_opts_set_inbound_ports(mesh_proxy_opts *o, const char *ports,
                                                const char **why);
+
+/* Where inbound traffic reaches the application: an IP literal ("10.0.0.5",
+ * "::1"; default 127.0.0.1), with the port the transport header names. Give
+ * the workload's own address when its application listens there rather than
+ * on loopback, as Linkerd forwards to the pod IP. MESH_ERR_PARSE (with *why),
+ * MESH_ERR_INVALID. */
+MESH_API int mesh_proxy_opts_set_inbound_forward_ip(mesh_proxy_opts *o, const char *ip,
+                                                    const char **why);
 
 /* Timeouts in milliseconds (idle 0: none; the others must be > 0) and
  * limits (> 0). MESH_ERR_INVALID, MESH_ERR_RANGE. */
@@ -217,6 +276,19 @@ MESH_API int mesh_proxy_opts_set_buffer_bytes(mesh_proxy_opts *o, uint32_t bytes
  * MESH_ERR_INVALID, MESH_ERR_RANGE (0). */
 #define MESH_PROXY_DEFAULT_MAX_IN_FLIGHT 100000u
 MESH_API int mesh_proxy_opts_set_max_in_flight(mesh_proxy_opts *o, uint32_t n);
+/* Fail-fast (Linkerd's HTTP request queues), per side (inbound nonzero:
+ * the inbound side). An outbound request that finds no ready endpoint (every
+ * breaker open, or discovery knows none yet) waits for one, and a request
+ * waits for a connection to its endpoint, up to the fail-fast timeout
+ * (default outbound 3 s, inbound 1 s): then 503, l5d-proxy-error:
+ * fail_fast. At most capacity requests of a side wait at once (default
+ * 10,000 each): past it, 503 at once (load_shed). MESH_ERR_INVALID,
+ * MESH_ERR_RANGE (0). */
+#define MESH_PROXY_DEFAULT_OUTBOUND_FAILFAST_MS 3000u
+#define MESH_PROXY_DEFAULT_INBOUND_FAILFAST_MS 1000u
+#define MESH_PROXY_DEFAULT_QUEUE_CAPACITY 10000u
+MESH_API int mesh_proxy_opts_set_failfast_timeout(mesh_proxy_opts *o, int32_t inbound, uint32_t ms);
+MESH_API int mesh_proxy_opts_set_queue_capacity(mesh_proxy_opts *o, int32_t inbound, uint32_t n);
 MESH_API int mesh_proxy_opts_set_detect_timeout(mesh_proxy_opts *o, uint32_t ms);
 MESH_API int mesh_proxy_opts_set_response_timeout(mesh_proxy_opts *o, uint32_t ms);
 MESH_API int mesh_proxy_opts_set_inbound_connect_timeout(mesh_proxy_opts *o, uint32_t ms);
@@ -268,7 +340,8 @@ enum {
 MESH_API uint16_t mesh_proxy_port(const mesh_proxy *p, int listener);
 /* Open proxied connections (accepted, inbound + outbound). */
 MESH_API uint32_t mesh_proxy_connections(const mesh_proxy *p);
-/* 1 once credentials are loaded. */
+/* 1 once credentials are loaded (and, with the policy stream, its first
+ * policy has come). */
 MESH_API int mesh_proxy_ready(const mesh_proxy *p);
 
 /* The /metrics text, as served (free it with mesh_free_string).

@@ -45,6 +45,8 @@ typedef struct mesh_resolution mesh_resolution;
 #define MESH_STORE_DEFAULT_CP_NAMESPACE "linkerd"
 #define MESH_STORE_DEFAULT_DEBOUNCE_MS 100u
 #define MESH_STORE_DEFAULT_PROXY_PORT 4143u
+/* A Workload's spec.adminPort when absent: where its meshd serves /metrics. */
+#define MESH_STORE_DEFAULT_ADMIN_PORT 4191u
 /* Bounds on a directory: files read, and bytes of one file
  * (MESH_MANIFEST_MAX_BYTES). More files is an error of that load. */
 #define MESH_STORE_MAX_FILES 10000u
@@ -203,6 +205,27 @@ MESH_API int mesh_snapshot_profile_json(const mesh_snapshot *s, const char *auth
  * MESH_ERR_NOMEM. */
 MESH_API int mesh_snapshot_profile(const mesh_snapshot *s, const char *authority,
                                    const char *default_ns, mesh_profile **ret);
+
+/* ---- Inbound policy ----------------------------------------------------- */
+
+/* The InboundServerPolicies.WatchWorkload message for Workload ns/name
+ * (doc/protocol.md), compact JSON:
+ *   {"workload":{"namespace","name","labels":{...},"ports":[...]},
+ *    "exists":true,"documents":[...]}
+ * documents: the policy documents that apply to it, each as
+ * mesh_snapshot_document_json writes it, in snapshot order: the Servers of
+ * its namespace whose selector holds for its labels (whatever their port),
+ * and, when there is one, the HTTPRoutes whose parentRefs name one of
+ * them, the ServerAuthorizations that name or select one of them, the
+ * AuthorizationPolicies that target one of them, one of those routes or
+ * the namespace, and the MeshTLSAuthentications and
+ * NetworkAuthentications those policies require (any namespace). Each
+ * document loads back with mesh_manifest_load_buffer (JSON is YAML), and
+ * mesh_policy_compile_message compiles the whole message. *ret is
+ * allocated with ctx's allocator (mesh_free_string).
+ * MESH_ERR_NOT_FOUND (no such Workload), MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_snapshot_policy_json(const mesh_snapshot *s, const char *ns, const char *name,
+                                       char **ret);
 
 /* ---- The directory store ---------------------------------------------- */
 

@@ -1,4 +1,4 @@
-/* Fuzz target: an authority (the first line, as a Get or GetProfile path) and manifests (the rest) through the store. */
+/* Fuzz target: an authority (the first line, as a Get or GetProfile path) and manifests (the rest) through the store; the rest also as a WatchWorkload message. */
 #include <string.h>
 
 #include <mesh/mesh.h>
@@ -19,6 +19,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (mesh_ctx_new(&ctx) < 0) return 0;
   mesh_snapshot_builder *b = NULL;
   mesh_snapshot *s = NULL;
+  mesh_policy *pol = NULL;
+  /* What a proxy reads from mesh-destination's policy stream. */
+  if (mesh_policy_compile_message(ctx, rest, rlen, NULL, NULL, &pol) == 0) mesh_policy_unref(pol);
   int rc = mesh_snapshot_builder_new(ctx, NULL, &b);
   if (rc == 0) rc = mesh_snapshot_builder_add(b, "fuzz.yaml", rest, rlen, NULL);
   if (rc == 0) rc = mesh_snapshot_builder_finish(b, NULL, &s); /* consumes b */
@@ -36,6 +39,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (mesh_snapshot_profile_json(s, authority, "shop", &out) == 0) mesh_free_string(ctx, out);
     for (size_t i = 0; i < mesh_snapshot_count(s); i++)
       if (mesh_snapshot_document_json(s, i, &out) == 0) mesh_free_string(ctx, out);
+    /* Every Workload's policy message, fed back as the proxy would. */
+    for (size_t i = 0; i < mesh_snapshot_count(s); i++) {
+      if (mesh_snapshot_kind(s, i) != MESH_KIND_WORKLOAD ||
+          mesh_snapshot_policy_json(s, mesh_snapshot_namespace(s, i), mesh_snapshot_name(s, i),
+                                    &out) < 0)
+        continue;
+      if (mesh_policy_compile_message(ctx, out, strlen(out), NULL, NULL, &pol) == 0)
+        mesh_policy_unref(pol);
+      mesh_free_string(ctx, out);
+    }
     mesh_resolution_free(r);
     mesh_resolution_free(empty);
     mesh_snapshot_unref(s);

@@ -108,7 +108,7 @@ class Backend(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = handle_any
 
 
-def backend(port, name):
+def backend(port, name, host="127.0.0.1"):
     Backend.name = name
 
     class Server(ThreadingHTTPServer):
@@ -116,7 +116,7 @@ def backend(port, name):
         request_queue_size = 1024
         allow_reuse_address = True
 
-    Server(("127.0.0.1", int(port)), Backend).serve_forever()
+    Server((host, int(port)), Backend).serve_forever()
 
 
 def raw(port, hexdata, timeout="5"):

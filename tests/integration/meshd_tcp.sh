@@ -110,11 +110,13 @@ assert e["MESH_PROXY_OUTBOUND_LISTEN_ADDR"] == "127.0.0.1:" + sys.argv[1], e
 assert e["identity"] == "client.default.serviceaccount.identity.linkerd.cluster.local", e
 assert e["ready"] is True and e["MESH_PROXY_ENDPOINTS"] == "eps.json", e
 assert len(e["MESH_PROXY_OUTBOUND_PORT_MAP"]) == 5, e
-assert "BEGIN" not in json.dumps(e)  # paths only, never key material
+# Paths and the public certificates only, never key material.
+assert e["identity_chain_pem"].startswith("-----BEGIN CERTIFICATE-----"), e
+assert "PRIVATE" not in json.dumps(e), e
 EOF
 code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$P_CADM/shutdown")
 [ "$code" = 405 ] || fail "GET /shutdown answered $code, not 405"
-ok "admin: /live, /ready, /env.json (no secrets), GET /shutdown refused"
+ok "admin: /live, /ready, /env.json (the certificates, no key), GET /shutdown refused"
 
 # ---- the happy path -------------------------------------------------------------
 [ "$(curl -fsS -m 5 "http://127.0.0.1:$P_WEB/")" = backend-one ] || fail "curl through the mesh"

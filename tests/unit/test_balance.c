@@ -633,6 +633,33 @@ START_TEST(all_shut_is_unavailable) {
 }
 END_TEST
 
+/* What a proxy holding requests arms its one timer at: the earliest end of
+ * a penalty, exact even once an open endpoint is removed. */
+START_TEST(next_ready_is_the_earliest_penalty) {
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(NULL), UINT64_MAX);
+  mesh_balance *b = balancer(NULL);
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), UINT64_MAX); /* empty */
+  mesh_endpoint *a = add(b, "a:1");
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), UINT64_MAX); /* closed */
+  trip(b, 0, 1u << 31); /* zero jitter: a 1 s penalty */
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), 1 * SEC);
+  mesh_endpoint *c = add(b, "c:1");
+  trip(b, 100 * MS, 1u << 31); /* only c can be picked now */
+  ck_assert_int_eq(mesh_endpoint_state(c), MESH_ENDPOINT_OPEN);
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), 1 * SEC);
+  ck_assert_int_eq(mesh_balance_remove(b, a), 0);
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), 1 * SEC + 100 * MS);
+  /* Due: the pick puts c on probation, and nothing is open any more. */
+  mesh_endpoint *e = pick(b, 1 * SEC + 100 * MS, 0, 0);
+  ck_assert_ptr_eq(e, c);
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), UINT64_MAX);
+  /* The probe fails: open again, for the doubled penalty. */
+  mesh_balance_done(e, 1 * SEC + 200 * MS, 1 * SEC + 100 * MS, 0, 1u << 31);
+  ck_assert_uint_eq(mesh_balance_next_ready_ns(b), 3 * SEC + 200 * MS);
+  mesh_balance_free(b);
+}
+END_TEST
+
 /* ---- removal ---- */
 
 START_TEST(removal_while_in_flight) {
@@ -950,6 +977,7 @@ static Suite *make_suite(void) {
   tcase_add_test(f, probation_lets_one_through);
   tcase_add_test(f, old_outcomes_are_ignored);
   tcase_add_test(f, all_shut_is_unavailable);
+  tcase_add_test(f, next_ready_is_the_earliest_penalty);
   suite_add_tcase(s, f);
   TCase *r = tcase_create("lifecycle");
   tcase_add_checked_fixture(r, setup, teardown);

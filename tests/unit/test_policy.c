@@ -1010,6 +1010,166 @@ START_TEST(invalid_arguments) {
 }
 END_TEST
 
+/* ---- introspection ---- */
+
+static const char shown[] =
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: a-named, namespace: shop}\n"
+    "spec: {podSelector: {matchLabels: {app: web}}, port: http, proxyProtocol: gRPC,\n"
+    "       accessPolicy: audit}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: b-numbered, namespace: shop}\n"
+    "spec: {podSelector: {matchLabels: {app: web}}, port: 8080}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: ServerAuthorization\n"
+    "metadata: {name: mixed, namespace: shop}\n"
+    "spec:\n"
+    "  server: {name: b-numbered}\n"
+    "  client:\n"
+    "    meshTLS:\n"
+    "      identities: ['*.front.serviceaccount.identity.linkerd.cluster.local',\n"
+    "                   'spiffe://cluster.local/ns/front/*', 'spiffe://cluster.local/ns/a/sa/b']\n"
+    "      serviceAccounts: [{name: web, namespace: front}]\n"
+    "    networks: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.2.0.0/16]}, {cidr: 'fd00::/8'}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta3\n"
+    "kind: HTTPRoute\n"
+    "metadata: {name: r, namespace: shop}\n"
+    "spec:\n"
+    "  parentRefs: [{group: policy.linkerd.io, kind: Server, name: b-numbered}]\n"
+    "  rules: [{matches: [{path: {value: /a}}]}, {matches: [{method: GET}]}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: AuthorizationPolicy\n"
+    "metadata: {name: on-r, namespace: shop}\n"
+    "spec:\n"
+    "  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: r}\n"
+    "  requiredAuthenticationRefs:\n"
+    "  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: gone}\n"
+    "  - {kind: ServiceAccount, name: probe}\n";
+
+START_TEST(introspection) {
+  mesh_policy_opts *o = NULL;
+  ck_assert_int_eq(mesh_policy_opts_new(ctx, &o), 0);
+  ck_assert_int_eq(mesh_policy_opts_set_default(o, MESH_POLICY_DEFAULT_CLUSTER_UNAUTHENTICATED), 0);
+  mesh_policy *p = compile_ok(shown, o);
+  mesh_policy_opts_free(o);
+  ck_assert_uint_eq(mesh_policy_server_count(p), 2);
+  mesh_policy_server_info si;
+  ck_assert_int_eq(mesh_policy_server_describe(p, 0, &si), 0);
+  ck_assert_str_eq(si.name, "a-named");
+  ck_assert_str_eq(si.port_name, "http");
+  ck_assert_uint_eq(si.port, 0);
+  ck_assert_int_eq(si.protocol, MESH_POLICY_PROTO_GRPC);
+  ck_assert_int_eq(si.access_policy, MESH_POLICY_DEFAULT_AUDIT);
+  ck_assert_int_eq(mesh_policy_server_describe(p, 1, &si), 0);
+  ck_assert_str_eq(si.name, "b-numbered");
+  ck_assert_uint_eq(si.port, 8080);
+  ck_assert_ptr_null(si.port_name);
+  ck_assert_int_eq(si.access_policy, MESH_POLICY_DEFAULT_DENY);
+  ck_assert_uint_eq(si.nroutes, 1);
+  ck_assert_uint_eq(si.nauthz, 1);
+  ck_assert_int_eq(mesh_policy_server_describe(p, 2, &si), MESH_ERR_RANGE);
+
+  /* Which Server decides a port: the one mesh_policy_decide picks. */
+  mesh_policy_label web[] = {{"app", "web"}};
+  mesh_policy_workload w = wl("shop", web, 1, 0);
+  ck_assert_int_eq(mesh_policy_server_selects(p, 0, &w), 1); /* any port */
+  ck_assert_int_eq(mesh_policy_server_selects(p, 1, &w), 1);
+  size_t at = 99;
+  ck_assert_int_eq(mesh_policy_server_find(p, &w, &at), MESH_ERR_INVALID);
+  w.port = 8080;
+  ck_assert_int_eq(mesh_policy_server_find(p, &w, &at), 0);
+  ck_assert_uint_eq(at, 1);
+  w.port = 9000;
+  w.port_name = "http";
+  ck_assert_int_eq(mesh_policy_server_find(p, &w, &at), 0);
+  ck_assert_uint_eq(at, 0);
+  ck_assert_str_eq(decide(p, w, from("10.0.0.1", NULL, 0)).server_name, "a-named");
+  w.port_name = NULL;
+  ck_assert_int_eq(mesh_policy_server_find(p, &w, &at), MESH_ERR_NOT_FOUND);
+  ck_assert_str_eq(decide(p, w, from("10.0.0.1", NULL, 0)).server_kind, "default");
+  w.ns = "other";
+  ck_assert_int_eq(mesh_policy_server_selects(p, 1, &w), 0);
+
+  mesh_policy_route_info ri;
+  ck_assert_int_eq(mesh_policy_route_describe(p, 1, 0, &ri), 0);
+  ck_assert_str_eq(ri.name, "r");
+  ck_assert_uint_eq(ri.nrules, 2);
+  ck_assert_uint_eq(ri.nauthz, 1);
+  ck_assert_int_eq(mesh_policy_route_describe(p, 0, 0, &ri), MESH_ERR_RANGE);
+
+  /* The ServerAuthorization: every identity form, networks with exceptions. */
+  const mesh_policy_authz *a = mesh_policy_server_authz(p, 1, 0);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_null(mesh_policy_server_authz(p, 1, 1));
+  mesh_policy_authz_info ai;
+  ck_assert_int_eq(mesh_policy_authz_describe(a, &ai), 0);
+  ck_assert_str_eq(ai.kind, "serverauthorization");
+  ck_assert_str_eq(ai.name, "mixed");
+  ck_assert_int_eq(ai.never, 0);
+  ck_assert_uint_eq(ai.nclauses, 1);
+  mesh_policy_clause_info ci;
+  ck_assert_int_eq(mesh_policy_authz_clause(a, 0, &ci), 0);
+  ck_assert_int_eq(ci.authn, MESH_POLICY_AUTHN_MESH);
+  ck_assert_uint_eq(ci.nidentities, 4);
+  ck_assert_uint_eq(ci.nnetworks, 2);
+  char buf[128];
+  const char *ids[] = {"*.front.serviceaccount.identity.linkerd.cluster.local",
+                       "spiffe://cluster.local/ns/front/*", "spiffe://cluster.local/ns/a/sa/b",
+                       "web.front.serviceaccount.identity.linkerd.cluster.local"};
+  for (size_t m = 0; m < 4; m++) {
+    ck_assert_int_eq(mesh_policy_authz_identity(a, 0, m, buf, sizeof buf), 0);
+    ck_assert_str_eq(buf, ids[m]);
+  }
+  ck_assert_int_eq(mesh_policy_authz_identity(a, 0, 4, buf, sizeof buf), MESH_ERR_RANGE);
+  ck_assert_int_eq(mesh_policy_authz_identity(a, 0, 0, buf, 10), MESH_ERR_LIMIT);
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 0, 0, buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "10.0.0.0/8");
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 0, 2, buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "10.2.0.0/16");
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 0, 3, buf, sizeof buf), MESH_ERR_RANGE);
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 1, 0, buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "fd00::/8");
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 1, 0, buf, 4), MESH_ERR_LIMIT);
+  ck_assert_int_eq(mesh_policy_authz_clause(a, 1, &ci), MESH_ERR_RANGE);
+
+  /* The route's policy: a missing authentication makes it admit no one. */
+  a = mesh_policy_route_authz(p, 1, 0, 0);
+  ck_assert_int_eq(mesh_policy_authz_describe(a, &ai), 0);
+  ck_assert_str_eq(ai.name, "on-r");
+  ck_assert_int_eq(ai.never, 1);
+  ck_assert_uint_eq(ai.nclauses, 2);
+  ck_assert_int_eq(mesh_policy_authz_identity(a, 1, 0, buf, sizeof buf), 0); /* the ServiceAccount ref */
+  ck_assert_str_eq(buf, "probe.shop.serviceaccount.identity.linkerd.cluster.local");
+  ck_assert_ptr_null(mesh_policy_route_authz(p, 1, 0, 1));
+
+  /* Defaults: the snapshot's, and what each admits. */
+  ck_assert_int_eq(mesh_policy_default(p), MESH_POLICY_DEFAULT_CLUSTER_UNAUTHENTICATED);
+  a = mesh_policy_default_authz(p, MESH_POLICY_DEFAULT_CLUSTER_UNAUTHENTICATED);
+  ck_assert_int_eq(mesh_policy_authz_describe(a, &ai), 0);
+  ck_assert_str_eq(ai.name, "cluster-unauthenticated");
+  ck_assert_int_eq(mesh_policy_authz_clause(a, 0, &ci), 0);
+  ck_assert_int_eq(ci.authn, MESH_POLICY_AUTHN_ANY);
+  ck_assert_uint_eq(ci.nnetworks, 5);
+  ck_assert_int_eq(mesh_policy_authz_network(a, 0, 4, 0, buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "fd00::/8");
+  a = mesh_policy_default_authz(p, MESH_POLICY_DEFAULT_ALL_AUTHENTICATED);
+  ck_assert_int_eq(mesh_policy_authz_identity(a, 0, 0, buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "*");
+  ck_assert_int_eq(mesh_policy_authz_describe(mesh_policy_default_authz(p, MESH_POLICY_DEFAULT_DENY), &ai), 0);
+  ck_assert_int_eq(ai.never, 1);
+  ck_assert_ptr_null(mesh_policy_default_authz(p, MESH_POLICY_DEFAULT_UNSET));
+  ck_assert_ptr_null(mesh_policy_default_authz(p, 7));
+  ck_assert_int_eq(mesh_policy_authz_describe(NULL, &ai), MESH_ERR_INVALID);
+  mesh_policy_unref(p);
+}
+END_TEST
+
 static Suite *make_suite(void) {
   Suite *s = suite_create("policy");
   TCase *tc = tcase_create("core");
@@ -1028,6 +1188,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, concurrent_decisions);
   tcase_add_test(tc, json_manifests);
   tcase_add_test(tc, invalid_arguments);
+  tcase_add_test(tc, introspection);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -333,6 +333,29 @@ START_TEST(options) {
   ck_assert_int_eq(mesh_proxy_opts_set_buffer_bytes(o, 100), MESH_ERR_RANGE);
   ck_assert_int_eq(mesh_proxy_opts_set_buffer_bytes(o, 65536), 0);
   ck_assert_int_eq(mesh_proxy_opts_set_connect_timeout(NULL, 1), MESH_ERR_INVALID);
+  /* Self-certification: an address the rpc client can dial without a
+   * resolver, a service account that can be part of an identity. */
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "127.0.0.1:8080", "t", "web", "ca", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "localhost:8080", "t", "web", "ca", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "[::1]:8080", "t", "web", "ca", &why), 0);
+  why = NULL;
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "identity.linkerd:8080", "t", "web", "ca",
+                                                        &why), MESH_ERR_PARSE);
+  ck_assert_ptr_nonnull(why);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "localhost:x", "t", "web", "ca", &why),
+                   MESH_ERR_PARSE);
+  why = NULL;
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "127.0.0.1:8080", "t", "Web_1", "ca", &why),
+                   MESH_ERR_PARSE);
+  ck_assert_msg(why && strstr(why, "service account"), "%s", why ? why : "(null)");
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "127.0.0.1:8080", NULL, "web", "ca", &why),
+                   MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "", NULL, NULL, NULL, &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service_name(o, "identity.linkerd", &why),
+                   MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service_name(
+                       o, "identity.mesh.serviceaccount.identity.mesh.example.org", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service_name(o, NULL, &why), 0);
   mesh_proxy_opts_free(o);
   mesh_proxy_opts_free(NULL);
   mesh_ctx_free(ctx);
@@ -451,6 +474,14 @@ START_TEST(proxy_bad_start) {
   ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), MESH_ERR_IO);
   ck_assert_msg(strstr(why, addr) != NULL, "%s", why);
   close(l);
+  /* Credentials from mesh-identity and from files at once: two sources
+   * would overwrite each other's certificate. */
+  ck_assert_int_eq(mesh_proxy_opts_set_outbound_addr(o, "127.0.0.1:0", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_dir(o, "/nonexistent"), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "127.0.0.1:1", "t", "web", "ca", &why), 0);
+  ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), MESH_ERR_INVALID);
+  ck_assert_ptr_null(p);
+  ck_assert_msg(strstr(why, "not both") != NULL, "%s", why);
   mesh_proxy_opts_free(o);
   event_base_free(base);
   mesh_ctx_free(ctx);

@@ -1,4 +1,5 @@
 /* Unit tests of the store: snapshots, Services and Workloads, resolution, messages, the watched directory. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -572,6 +573,295 @@ START_TEST(allocation_failures) {
 }
 END_TEST
 
+/* ---- Inbound policy: the documents that apply to a workload ---- */
+
+static const char POLICY_SET[] =
+    "apiVersion: mesh.libmesh.io/v1alpha1\n"
+    "kind: Workload\n"
+    "metadata: {name: web-1, namespace: shop, labels: {app: web, tier: front}}\n"
+    "spec: {address: 127.0.0.2, ports: [{name: http, port: 8080}]}\n"
+    "---\n"
+    "apiVersion: mesh.libmesh.io/v1alpha1\n"
+    "kind: Workload\n"
+    "metadata: {name: lone, namespace: shop, labels: {app: lone}}\n"
+    "spec: {address: 127.0.0.3}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: web-http, namespace: shop, labels: {role: edge}}\n"
+    "spec: {podSelector: {matchLabels: {app: web}}, port: http, proxyProtocol: HTTP/1}\n"
+    "---\n"
+    "# a port of web-1 too, by number and an expression\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: web-metrics, namespace: shop}\n"
+    "spec:\n"
+    "  podSelector: {matchExpressions: [{key: tier, operator: In, values: [front, back]}]}\n"
+    "  port: 9090\n"
+    "---\n"
+    "# other tier, other namespace, other app: not web-1's\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: web-admin, namespace: shop}\n"
+    "spec: {podSelector: {matchLabels: {app: web, tier: back}}, port: 9000}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: web-http, namespace: other}\n"
+    "spec: {podSelector: {matchLabels: {app: web}}, port: 8080}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: Server\n"
+    "metadata: {name: api, namespace: shop}\n"
+    "spec: {podSelector: {matchLabels: {app: api}}, port: 8080}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: ServerAuthorization\n"
+    "metadata: {name: by-name, namespace: shop}\n"
+    "spec: {server: {name: web-http}, client: {meshTLS: {serviceAccounts: [{name: front}]}}}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: ServerAuthorization\n"
+    "metadata: {name: by-selector, namespace: shop}\n"
+    "spec:\n"
+    "  server: {selector: {matchLabels: {role: edge}}}\n"
+    "  client: {unauthenticated: true, networks: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta1\n"
+    "kind: ServerAuthorization\n"
+    "metadata: {name: api-only, namespace: shop}\n"
+    "spec: {server: {name: api}, client: {unauthenticated: true}}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta3\n"
+    "kind: HTTPRoute\n"
+    "metadata: {name: web-routes, namespace: shop}\n"
+    "spec:\n"
+    "  parentRefs: [{group: policy.linkerd.io, kind: Server, name: web-http}]\n"
+    "  rules: [{matches: [{path: {type: PathPrefix, value: /api}}]}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1beta3\n"
+    "kind: HTTPRoute\n"
+    "metadata: {name: api-routes, namespace: shop}\n"
+    "spec: {parentRefs: [{group: policy.linkerd.io, kind: Server, name: api}]}\n";
+
+/* A second file: a snapshot's documents come from many. */
+static const char POLICY_AUTHZ[] =
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: AuthorizationPolicy\n"
+    "metadata: {name: on-server, namespace: shop}\n"
+    "spec:\n"
+    "  targetRef: {group: policy.linkerd.io, kind: Server, name: web-metrics}\n"
+    "  requiredAuthenticationRefs:\n"
+    "  - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: frontends}\n"
+    "  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: cluster, namespace: infra}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: AuthorizationPolicy\n"
+    "metadata: {name: on-route, namespace: shop}\n"
+    "spec:\n"
+    "  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: web-routes}\n"
+    "  requiredAuthenticationRefs: [{kind: ServiceAccount, name: probe}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: AuthorizationPolicy\n"
+    "metadata: {name: on-namespace, namespace: shop}\n"
+    "spec:\n"
+    "  targetRef: {kind: Namespace, name: shop}\n"
+    "  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: admins}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: AuthorizationPolicy\n"
+    "metadata: {name: on-api, namespace: shop}\n"
+    "spec:\n"
+    "  targetRef: {group: policy.linkerd.io, kind: Server, name: api}\n"
+    "  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: unused}]\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: MeshTLSAuthentication\n"
+    "metadata: {name: frontends, namespace: shop}\n"
+    "spec: {identities: ['*.shop.serviceaccount.identity.linkerd.cluster.local']}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: MeshTLSAuthentication\n"
+    "metadata: {name: admins, namespace: shop}\n"
+    "spec: {identityRefs: [{kind: ServiceAccount, name: admin}]}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: MeshTLSAuthentication\n"
+    "metadata: {name: unused, namespace: shop}\n"
+    "spec: {identities: ['*']}\n"
+    "---\n"
+    "apiVersion: policy.linkerd.io/v1alpha1\n"
+    "kind: NetworkAuthentication\n"
+    "metadata: {name: cluster, namespace: infra}\n"
+    "spec: {networks: [{cidr: 10.0.0.0/8}]}\n";
+
+static mesh_snapshot *policy_snapshot(mesh_ctx *ctx) {
+  mesh_snapshot_builder *b = NULL;
+  mesh_snapshot *s = NULL;
+  mesh_diags *d = NULL;
+  ck_assert_int_eq(mesh_diags_new(ctx, &d), 0);
+  ck_assert_int_eq(mesh_snapshot_builder_new(ctx, NULL, &b), 0);
+  int rc = mesh_snapshot_builder_add(b, "policy.yaml", POLICY_SET, strlen(POLICY_SET), d);
+  if (rc == 0) rc = mesh_snapshot_builder_add(b, "authz.yaml", POLICY_AUTHZ, strlen(POLICY_AUTHZ), d);
+  if (rc == 0) rc = mesh_snapshot_builder_finish(b, d, &s);
+  else mesh_snapshot_builder_free(b);
+  for (size_t i = 0; rc != 0 && i < mesh_diags_count(d); i++)
+    fprintf(stderr, "%s\n", mesh_diags_text(d, i));
+  ck_assert_int_eq(rc, 0);
+  mesh_diags_free(d);
+  return s;
+}
+
+/* "Kind/ns/name" of every document of a WatchWorkload message, space-separated. */
+static void message_docs(const char *msg, char *out, size_t size) {
+  json_t *j = json_loads(msg, 0, NULL);
+  ck_assert_ptr_nonnull(j);
+  ck_assert(json_is_true(json_object_get(j, "exists")));
+  out[0] = '\0';
+  size_t i;
+  json_t *d;
+  json_array_foreach(json_object_get(j, "documents"), i, d) {
+    json_t *md = json_object_get(d, "metadata");
+    size_t len = strlen(out);
+    snprintf(out + len, size - len, "%s%s/%s/%s", i ? " " : "",
+             json_string_value(json_object_get(d, "kind")),
+             json_string_value(json_object_get(md, "namespace")),
+             json_string_value(json_object_get(md, "name")));
+  }
+  json_decref(j);
+}
+
+START_TEST(policy_selection) {
+  test_alloc a;
+  mesh_ctx *ctx = test_ctx(&a);
+  mesh_snapshot *s = policy_snapshot(ctx);
+  char *msg = NULL, docs[2048];
+  ck_assert_int_eq(mesh_snapshot_policy_json(s, "shop", "web-1", &msg), 0);
+  message_docs(msg, docs, sizeof docs);
+  /* Snapshot order; web-admin (tier back), other/web-http, api and what
+   * attaches only to api (api-only, api-routes, on-api, unused) are left out. */
+  ck_assert_str_eq(docs, "Server/shop/web-http Server/shop/web-metrics "
+                         "ServerAuthorization/shop/by-name ServerAuthorization/shop/by-selector "
+                         "HTTPRoute/shop/web-routes AuthorizationPolicy/shop/on-server "
+                         "AuthorizationPolicy/shop/on-route AuthorizationPolicy/shop/on-namespace "
+                         "MeshTLSAuthentication/shop/frontends MeshTLSAuthentication/shop/admins "
+                         "NetworkAuthentication/infra/cluster");
+  json_t *j = json_loads(msg, 0, NULL);
+  json_t *wl = json_object_get(j, "workload");
+  ck_assert_str_eq(json_string_value(json_object_get(wl, "namespace")), "shop");
+  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(wl, "labels"), "tier")), "front");
+  ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(json_object_get(wl, "ports"), 0),
+                                                      "port")), 8080);
+  json_decref(j);
+
+  /* Fed back as a proxy would: the same decisions as the whole set compiled. */
+  mesh_policy *fed = NULL, *whole = NULL;
+  mesh_diags *d = NULL;
+  ck_assert_int_eq(mesh_diags_new(ctx, &d), 0);
+  ck_assert_int_eq(mesh_policy_compile_message(ctx, msg, strlen(msg), NULL, d, &fed), 0);
+  ck_assert_uint_eq(mesh_policy_server_count(fed), 2);
+  ck_assert_uint_eq(mesh_policy_route_count(fed), 1);
+  mesh_manifest *m[2] = {NULL, NULL};
+  ck_assert_int_eq(mesh_manifest_load_buffer(ctx, "p.yaml", POLICY_SET, strlen(POLICY_SET), d, &m[0]), 0);
+  ck_assert_int_eq(mesh_manifest_load_buffer(ctx, "a.yaml", POLICY_AUTHZ, strlen(POLICY_AUTHZ), d, &m[1]),
+                   0);
+  ck_assert_int_eq(mesh_policy_compile(ctx, (const mesh_manifest *const *)m, 2, NULL, d, &whole), 0);
+  const mesh_policy_label labels[] = {{"app", "web"}, {"tier", "front"}};
+  static const struct {
+    uint32_t port;
+    const char *id, *ip, *path;
+  } reqs[] = {
+      {8080, "front.shop.serviceaccount.identity.linkerd.cluster.local", "192.168.1.1", "/api/x"},
+      {8080, NULL, "10.2.0.1", "/api/x"},
+      {8080, NULL, "10.1.0.1", "/api/x"},
+      {8080, NULL, "10.2.0.1", "/x"},
+      {8080, "probe.shop.serviceaccount.identity.linkerd.cluster.local", "192.168.1.1", "/api/v"},
+      {9090, "a.shop.serviceaccount.identity.linkerd.cluster.local", "10.0.0.9", NULL},
+      {9090, "a.shop.serviceaccount.identity.linkerd.cluster.local", "192.168.0.9", NULL},
+      {9090, "admin.shop.serviceaccount.identity.linkerd.cluster.local", "192.168.0.9", NULL},
+      {7000, NULL, "192.168.0.9", NULL},
+  };
+  int allowed = 0, not_found = 0;
+  for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+    mesh_policy_workload w = {.ns = "shop", .labels = labels, .nlabels = 2, .port = reqs[i].port,
+                              .port_name = reqs[i].port == 8080 ? "http" : NULL};
+    mesh_policy_request rq = {.client_id = reqs[i].id, .tls = 1, .addr_family = 4,
+                              .method = reqs[i].path ? "GET" : NULL, .path = reqs[i].path,
+                              .path_len = reqs[i].path ? strlen(reqs[i].path) : 0};
+    ck_assert_int_eq(inet_pton(AF_INET, reqs[i].ip, rq.addr), 1);
+    mesh_policy_result r1, r2;
+    ck_assert_int_eq(mesh_policy_decide(fed, &w, &rq, &r1), 0);
+    ck_assert_int_eq(mesh_policy_decide(whole, &w, &rq, &r2), 0);
+    ck_assert_msg(r1.decision == r2.decision, "request %zu: %d vs %d", i, r1.decision, r2.decision);
+    ck_assert_str_eq(r1.authz_name ? r1.authz_name : "-", r2.authz_name ? r2.authz_name : "-");
+    allowed += r1.decision == MESH_POLICY_ALLOW;
+    not_found += r1.decision == MESH_POLICY_NOT_FOUND;
+  }
+  /* Denied: 10.1.0.1 (an except), 192.168.0.9 on 9090 without admin; /x matches no route. */
+  ck_assert_int_eq(allowed, 6);
+  ck_assert_int_eq(not_found, 1);
+  mesh_policy_unref(fed);
+  mesh_policy_unref(whole);
+  mesh_manifest_free(m[0]);
+  mesh_manifest_free(m[1]);
+  mesh_free_string(ctx, msg);
+
+  /* No Server selects it: no documents at all (the default policy decides). */
+  ck_assert_int_eq(mesh_snapshot_policy_json(s, "shop", "lone", &msg), 0);
+  message_docs(msg, docs, sizeof docs);
+  ck_assert_str_eq(docs, "");
+  mesh_free_string(ctx, msg);
+  msg = NULL;
+  ck_assert_int_eq(mesh_snapshot_policy_json(s, "shop", "nope", &msg), MESH_ERR_NOT_FOUND);
+  ck_assert_int_eq(mesh_snapshot_policy_json(s, "other", "web-1", &msg), MESH_ERR_NOT_FOUND);
+  ck_assert_ptr_null(msg);
+
+  /* A message saying the workload left: the caller keeps its policy. */
+  const char gone[] = "{\"workload\":{\"namespace\":\"shop\",\"name\":\"web-1\"},\"exists\":false,"
+                      "\"documents\":[]}";
+  ck_assert_int_eq(mesh_policy_compile_message(ctx, gone, strlen(gone), NULL, d, &fed),
+                   MESH_ERR_NOT_FOUND);
+  const char bad[] = "{\"exists\":true,\"documents\":[{\"apiVersion\":\"policy.linkerd.io/v1beta1\","
+                     "\"kind\":\"Server\",\"metadata\":{\"name\":\"x\"},\"spec\":{\"port\":8080}}]}";
+  mesh_diags_clear(d);
+  ck_assert_int_eq(mesh_policy_compile_message(ctx, bad, strlen(bad), NULL, d, &fed), MESH_ERR_PARSE);
+  ck_assert_str_eq(mesh_diags_file(d, 0), "documents[0]");
+  ck_assert_int_eq(mesh_policy_compile_message(ctx, "[]", 2, NULL, d, &fed), MESH_ERR_PARSE);
+  mesh_diags_free(d);
+  mesh_snapshot_unref(s);
+  ck_assert_int_eq(a.live, 1);
+  mesh_ctx_free(ctx);
+}
+END_TEST
+
+static int op_policy_message(mesh_ctx *c, void *arg) {
+  mesh_snapshot_builder *b = NULL;
+  mesh_snapshot *s = NULL;
+  mesh_policy *p = NULL;
+  char *msg = NULL;
+  int rc = mesh_snapshot_builder_new(c, NULL, &b);
+  if (!rc) rc = mesh_snapshot_builder_add(b, "p.yaml", POLICY_SET, strlen(POLICY_SET), NULL);
+  if (!rc) rc = mesh_snapshot_builder_add(b, "a.yaml", POLICY_AUTHZ, strlen(POLICY_AUTHZ), NULL);
+  if (!rc) {
+    rc = mesh_snapshot_builder_finish(b, NULL, &s);
+    b = NULL;
+  }
+  if (!rc) rc = mesh_snapshot_policy_json(s, "shop", "web-1", &msg);
+  if (!rc) rc = mesh_policy_compile_message(c, msg, strlen(msg), NULL, NULL, &p);
+  if (!rc && mesh_policy_server_count(p) != 2) rc = MESH_ERR_INVALID;
+  mesh_snapshot_builder_free(b);
+  mesh_policy_unref(p);
+  mesh_free_string(c, msg);
+  mesh_snapshot_unref(s);
+  return rc;
+}
+
+START_TEST(policy_allocation_failures) {
+  ck_assert_int_gt(test_alloc_failures(op_policy_message, NULL), 50);
+}
+END_TEST
+
 /* ---- The directory ---- */
 
 static char dir[64];
@@ -757,6 +1047,8 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, profile_messages);
   tcase_add_test(tc, invalid_resources);
   tcase_add_test(tc, allocation_failures);
+  tcase_add_test(tc, policy_selection);
+  tcase_add_test(tc, policy_allocation_failures);
   suite_add_tcase(s, tc);
   TCase *dirs = tcase_create("directory");
   tcase_add_test(dirs, directory_reloads);

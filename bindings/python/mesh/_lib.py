@@ -132,8 +132,31 @@ class mesh_policy_result(Structure):
                 ("route_rule", c_int32), ("authz_kind", c_char_p), ("authz_name", c_char_p)]
 
 
+class mesh_policy_authz(_Opaque):
+    pass
+
+
+class mesh_policy_server_info(Structure):
+    _fields_ = [("name", c_char_p), ("ns", c_char_p), ("port", c_uint32), ("port_name", c_char_p),
+                ("protocol", c_int32), ("access_policy", c_int32), ("nroutes", c_size_t),
+                ("nauthz", c_size_t)]
+
+
+class mesh_policy_route_info(Structure):
+    _fields_ = [("name", c_char_p), ("ns", c_char_p), ("nrules", c_size_t), ("nauthz", c_size_t)]
+
+
+class mesh_policy_authz_info(Structure):
+    _fields_ = [("kind", c_char_p), ("name", c_char_p), ("never", c_int32), ("nclauses", c_size_t)]
+
+
+class mesh_policy_clause_info(Structure):
+    _fields_ = [("authn", c_int32), ("nidentities", c_size_t), ("nnetworks", c_size_t)]
+
+
 ctx_p = POINTER(mesh_ctx)
 policy_p = POINTER(mesh_policy)
+authz_p = POINTER(mesh_policy_authz)
 policy_opts_p = POINTER(mesh_policy_opts)
 diags_p = POINTER(mesh_diags)
 manifest_p = POINTER(mesh_manifest)
@@ -222,6 +245,23 @@ _PROTOTYPES = {
     "mesh_policy_route_count": (c_size_t, [policy_p]),
     "mesh_policy_decide": (c_int, [policy_p, POINTER(mesh_policy_workload),
                                    POINTER(mesh_policy_request), POINTER(mesh_policy_result)]),
+    "mesh_policy_compile_message": (c_int, [ctx_p, c_char_p, c_size_t, policy_opts_p, diags_p,
+                                            POINTER(policy_p)]),
+    "mesh_policy_server_describe": (c_int, [policy_p, c_size_t, POINTER(mesh_policy_server_info)]),
+    "mesh_policy_server_selects": (c_int, [policy_p, c_size_t, POINTER(mesh_policy_workload)]),
+    "mesh_policy_server_find": (c_int, [policy_p, POINTER(mesh_policy_workload),
+                                        POINTER(c_size_t)]),
+    "mesh_policy_route_describe": (c_int, [policy_p, c_size_t, c_size_t,
+                                           POINTER(mesh_policy_route_info)]),
+    "mesh_policy_server_authz": (authz_p, [policy_p, c_size_t, c_size_t]),
+    "mesh_policy_route_authz": (authz_p, [policy_p, c_size_t, c_size_t, c_size_t]),
+    "mesh_policy_default": (c_int32, [policy_p]),
+    "mesh_policy_default_authz": (authz_p, [policy_p, c_int32]),
+    "mesh_policy_authz_describe": (c_int, [authz_p, POINTER(mesh_policy_authz_info)]),
+    "mesh_policy_authz_clause": (c_int, [authz_p, c_size_t, POINTER(mesh_policy_clause_info)]),
+    "mesh_policy_authz_identity": (c_int, [authz_p, c_size_t, c_size_t, c_char_p, c_size_t]),
+    "mesh_policy_authz_network": (c_int, [authz_p, c_size_t, c_size_t, c_size_t, c_char_p,
+                                          c_size_t]),
     # profile.h
     "mesh_profile_parse": (c_int, [ctx_p, c_char_p, c_char_p, c_size_t, diags_p,
                                    POINTER(profile_p)]),
@@ -288,6 +328,7 @@ _PROTOTYPES = {
     "mesh_balance_remove": (c_int, [balance_p, endpoint_p]),
     "mesh_balance_count": (c_size_t, [balance_p]),
     "mesh_balance_ready_count": (c_size_t, [balance_p]),
+    "mesh_balance_next_ready_ns": (c_uint64, [balance_p]),
     "mesh_balance_endpoint": (endpoint_p, [balance_p, c_size_t]),
     "mesh_balance_pick": (c_int, [balance_p, c_uint64, c_uint32, c_uint32, POINTER(endpoint_p)]),
     "mesh_balance_done": (None, [endpoint_p, c_uint64, c_uint64, c_int, c_uint32]),
