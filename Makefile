@@ -11,7 +11,7 @@ DEPS = meson ninja-build pkg-config gcc g++ python3 \
        libmbedtls-dev libnghttp2-dev libc-ares-dev libevent-dev libjansson-dev \
        libyaml-dev check libpcre2-dev libhttp-parser-dev \
        openssl curl nghttp2-client iproute2 iptables
-TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server dnsmasq-base
+TEST_DEPS = clang libclang-rt-14-dev valgrind prometheus python3-grpcio nghttp2-server dnsmasq-base etcd-server
 # The demo's gRPC service and client (Debian's interpreter).
 DEMO_DEPS = python3-grpcio
 # Only for `make bench`: the proxies the HTTP benchmark compares meshd with (the tests do not need them).

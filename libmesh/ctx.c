@@ -90,6 +90,13 @@ void mesh__free(mesh_ctx *ctx, void *p) {
   if (p) ctx->free_fn(ctx->alloc_ud, p);
 }
 
+void mesh__wipe_free(mesh_ctx *ctx, void *p, size_t n) {
+  if (!p) return;
+  volatile unsigned char *v = p; /* volatile: the stores are not optimised away */
+  for (size_t i = 0; i < n; i++) v[i] = 0;
+  mesh__free(ctx, p);
+}
+
 char *mesh__strndup(mesh_ctx *ctx, const char *s, size_t n) {
   char *d = mesh__malloc(ctx, n + 1);
   if (!d) return NULL;

@@ -21,6 +21,8 @@ void *mesh__malloc(mesh_ctx *ctx, size_t n);
 void *mesh__calloc(mesh_ctx *ctx, size_t count, size_t size); /* overflow-checked */
 void *mesh__realloc(mesh_ctx *ctx, void *p, size_t n);
 void mesh__free(mesh_ctx *ctx, void *p);
+/* Zeroes n bytes of p, then frees it: for keys and tokens. */
+void mesh__wipe_free(mesh_ctx *ctx, void *p, size_t n);
 char *mesh__strndup(mesh_ctx *ctx, const char *s, size_t n);
 char *mesh__strdup(mesh_ctx *ctx, const char *s);
 /* printf into a fresh allocation; NULL on failure. */

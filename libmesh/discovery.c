@@ -427,8 +427,12 @@ static void on_profile(watch *w, const char *line, size_t len) {
   int rc = mesh__disc_profile_parse_ann(d->ctx, line, len, &prof, &ann, &has_ann, why, sizeof why);
   if (!rc && prof && (rc = mesh__proxy_profiles_one(d->ctx, prof, &t)))
     snprintf(why, sizeof why, "out of memory");
-  else if (!rc && has_ann && (rc = mesh__proxy_profiles_ann(d->ctx, a->name, &ann, &t)))
+  else if (!rc && !prof && has_ann && (rc = mesh__proxy_profiles_ann(d->ctx, a->name, &ann, &t)))
     snprintf(why, sizeof why, "out of memory");
+  if (!rc && prof && has_ann) { /* a split without a ServiceProfile: the annotations apply too */
+    t->d[0].ann = ann;
+    t->d[0].has_ann = 1;
+  }
   w->first = 0;
   if (rc) {
     mesh_metrics_inc(d->rejects, 1);

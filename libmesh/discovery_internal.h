@@ -83,9 +83,9 @@ int mesh__disc_profile_parse(mesh_ctx *ctx, const char *line, size_t len, mesh_p
                              char *why, size_t cap);
 /* The same, and the Service's retry and timeout annotations (the message's
  * "annotations" object, checked by the store's parser: a bad value is
- * MESH_ERR_PARSE): *has_ann set, with *ann, when the message is the default
- * profile and has some -- a ServiceProfile's routes win over annotations, as
- * in Linkerd. ann and has_ann may be NULL (not wanted). */
+ * MESH_ERR_PARSE): *has_ann set, with *ann, when the message has some and
+ * no routes -- a ServiceProfile's routes win over annotations, as in
+ * Linkerd; dst_overrides alone do not. ann and has_ann may be NULL. */
 int mesh__disc_profile_parse_ann(mesh_ctx *ctx, const char *line, size_t len, mesh_profile **ret,
                                  mesh__ann *ann, int *has_ann, char *why, size_t cap);
 

@@ -305,18 +305,20 @@ int mesh__disc_profile_parse_ann(mesh_ctx *ctx, const char *line, size_t len, me
     json_decref(msg);
     return arc;
   }
+  /* Only a Service without a ServiceProfile (no routes; a TrafficSplit's
+   * dst_overrides alone are no profile) is governed by its annotations
+   * (Linkerd: a profile's retries and timeouts win). */
+  if (has && ann && has_ann && !json_array_size(json_object_get(msg, "routes"))) {
+    *ann = a;
+    *has_ann = 1;
+  }
   conv c = {0};
   int dflt;
   json_t *doc = document_of(&c, msg, &dflt);
   json_decref(msg);
   if (!doc) {
-    /* Only a Service without a ServiceProfile is governed by its
-     * annotations (Linkerd: a profile's retries and timeouts win). */
-    if (dflt && has && ann && has_ann) {
-      *ann = a;
-      *has_ann = 1;
-    }
     if (dflt) return 0;
+    if (has_ann) *has_ann = 0;
     snprintf(why, cap, "%s", c.nomem ? "out of memory" : c.why ? c.why : "malformed");
     return c.nomem ? MESH_ERR_NOMEM : MESH_ERR_PARSE;
   }

@@ -772,30 +772,28 @@ static void cred_paths(const mesh_proxy *p, char *cert, char *key, char *anchors
   }
 }
 
-static char *slurp(mesh_ctx *ctx, const char *path, size_t *len, const char **why) {
+/* path whole into a NUL-terminated allocation of at most max bytes; on
+ * failure *why gets a reason. */
+char *mesh__proxy_read_file(mesh_ctx *ctx, const char *path, size_t max, size_t *len,
+                            const char **why) {
   FILE *f = fopen(path, "rb");
   if (!f) {
-    *why = "cannot open";
+    *why = strerror(errno);
     return NULL;
   }
-  char *buf = mesh__malloc(ctx, CRED_FILE_MAX + 1);
-  size_t n = buf ? fread(buf, 1, CRED_FILE_MAX + 1, f) : 0;
+  char *buf = mesh__malloc(ctx, max + 1);
+  size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+  int err = buf && ferror(f);
   fclose(f);
-  if (!buf || n > CRED_FILE_MAX) {
-    *why = buf ? "larger than 1 MiB" : "out of memory";
+  if (!buf || err || n > max) {
+    *why = !buf ? "out of memory" : err ? "read error" : "too large";
+    if (buf) memset(buf, 0, n < max + 1 ? n : max + 1);
     mesh__free(ctx, buf);
     return NULL;
   }
   buf[n] = '\0';
   *len = n;
   return buf;
-}
-
-static void wipe_free(mesh_ctx *ctx, char *s, size_t n) {
-  if (!s) return;
-  volatile char *v = s;
-  for (size_t i = 0; i < n; i++) v[i] = 0;
-  mesh__free(ctx, s);
 }
 
 int mesh__proxy_creds_install(mesh_proxy *p, const char *chain, size_t chain_len, const char *key,
@@ -858,14 +856,14 @@ static int creds_reload(mesh_proxy *p, int force) {
   p->cred_ino = st.st_ino;
   size_t cl = 0, kl = 0, al = 0;
   const char *why = NULL, *file = cert;
-  char *c = slurp(p->ctx, cert, &cl, &why), *k = NULL, *a = NULL;
+  char *c = mesh__proxy_read_file(p->ctx, cert, CRED_FILE_MAX, &cl, &why), *k = NULL, *a = NULL;
   if (c) {
     file = key;
-    k = slurp(p->ctx, key, &kl, &why);
+    k = mesh__proxy_read_file(p->ctx, key, CRED_FILE_MAX, &kl, &why);
   }
   if (k) {
     file = anchors;
-    a = slurp(p->ctx, anchors, &al, &why);
+    a = mesh__proxy_read_file(p->ctx, anchors, CRED_FILE_MAX, &al, &why);
   }
   int rc = MESH_ERR_IO;
   if (!a) goto out;
@@ -881,7 +879,7 @@ out:
               p->identity, (unsigned long long)p->not_after);
   }
   mesh__free(p->ctx, c);
-  wipe_free(p->ctx, k, kl);
+  mesh__wipe_free(p->ctx, k, kl);
   mesh__free(p->ctx, a);
   return rc;
 }

@@ -211,6 +211,11 @@ int mesh__proxy_authorize(mesh_proxy *p, uint16_t port, const char *client_id,
  * are closed (HTTP requests are decided one by one anyway). */
 void mesh__proxy_conns_reauthorize(mesh_proxy *p);
 
+/* path whole into a NUL-terminated allocation of at most max bytes (keys
+ * and tokens included: what is read past the limit is zeroed); NULL with
+ * *why on failure. */
+char *mesh__proxy_read_file(mesh_ctx *ctx, const char *path, size_t max, size_t *len,
+                            const char **why);
 /* Install a certificate chain (leaf first), its key and the trust anchors,
  * all PEM in memory, as the proxy's credentials for new handshakes (and
  * discovery's): what credentials from files and from mesh-identity both

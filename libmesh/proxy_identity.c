@@ -1,5 +1,4 @@
 /* libmesh proxy identity: the proxy certifies itself with mesh-identity (key in memory, CSR, token) and renews before expiry. */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,38 +44,6 @@ static void rfc3339(uint64_t t, char buf[32]) {
   struct tm tm;
   if (!gmtime_r(&tt, &tm) || !strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
     snprintf(buf, 32, "@%llu", (unsigned long long)t);
-}
-
-/* path whole into a NUL-terminated allocation of at most max bytes; on
- * failure *why gets a reason. */
-static char *read_bounded(mesh_ctx *ctx, const char *path, size_t max, size_t *len,
-                          const char **why) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    *why = strerror(errno);
-    return NULL;
-  }
-  char *buf = mesh__malloc(ctx, max + 1);
-  size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
-  int err = buf && ferror(f);
-  fclose(f);
-  if (!buf || err || n > max) {
-    *why = !buf ? "out of memory" : err ? "read error" : "too large";
-    if (buf) memset(buf, 0, n < max + 1 ? n : max + 1);
-    mesh__free(ctx, buf);
-    return NULL;
-  }
-  buf[n] = '\0';
-  *len = n;
-  return buf;
-}
-
-/* Tokens are credentials too: zeroed before they are released. */
-static void wipe_free(mesh_ctx *ctx, char *s, size_t n) {
-  if (!s) return;
-  volatile char *v = s;
-  for (size_t i = 0; i < n; i++) v[i] = 0;
-  mesh__free(ctx, s);
 }
 
 /* Drop what the finished call held (the client may be the one calling us:
@@ -201,12 +168,12 @@ static void certify(evutil_socket_t fd, short what, void *arg) {
   mesh_tls_opts *to = NULL;
   mesh_tls_config *tls = NULL;
   int rc;
-  id->anchors = read_bounded(ctx, p->o->anchors, MESH_CERTS_MAX_BYTES, &id->anchors_len, &why);
+  id->anchors = mesh__proxy_read_file(ctx, p->o->anchors, MESH_CERTS_MAX_BYTES, &id->anchors_len, &why);
   if (!id->anchors) {
     retry(id, "trust anchors %s: %s", p->o->anchors, why);
     return;
   }
-  token = read_bounded(ctx, p->o->identity_token_file, MESH_TOKEN_MAX_LEN, &tlen, &why);
+  token = mesh__proxy_read_file(ctx, p->o->identity_token_file, MESH_TOKEN_MAX_LEN, &tlen, &why);
   if (!token) {
     retry(id, "token file %s: %s", p->o->identity_token_file, why);
     return;
@@ -216,12 +183,12 @@ static void certify(evutil_socket_t fd, short what, void *arg) {
   while (tlen && (token[tlen - 1] == '\n' || token[tlen - 1] == '\r' || token[tlen - 1] == ' '))
     token[--tlen] = '\0';
   if ((rc = mesh_key_generate(ctx, &id->key))) {
-    wipe_free(ctx, token, traw);
+    mesh__wipe_free(ctx, token, traw);
     retry(id, "cannot generate a key: %s", mesh_strerror(rc));
     return;
   }
   rc = mesh_certify_request(id->key, id->local, token, &req);
-  wipe_free(ctx, token, traw);
+  mesh__wipe_free(ctx, token, traw);
   if (rc) {
     retry(id, "cannot build the Certify request: %s%s", mesh_strerror(rc),
           rc == MESH_ERR_PARSE || rc == MESH_ERR_LIMIT

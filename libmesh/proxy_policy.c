@@ -193,10 +193,16 @@ static int on_policy_message(void *ud, const char *line, size_t len, char *why, 
 int mesh__proxy_policy_stream_start(mesh_proxy *p, const char **why) {
   /* Options every message will be compiled with: a bad one fails the
    * start, as it does with a directory, not every message. */
+  static _Thread_local char bad[300];
   mesh_policy_opts *po = NULL;
-  int rc = policy_opts(p, &po, why);
+  const char *w = NULL;
+  int rc = policy_opts(p, &po, &w);
   mesh_policy_opts_free(po);
-  if (rc) return rc;
+  if (rc) {
+    snprintf(bad, sizeof bad, "the inbound policy's options: %s", w ? w : mesh_strerror(rc));
+    if (why) *why = bad;
+    return rc;
+  }
   char workload[600];
   snprintf(workload, sizeof workload, "%s:%s", p->o->workload_ns ? p->o->workload_ns : "default",
            p->o->workload_name);

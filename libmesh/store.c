@@ -1,4 +1,4 @@
-/* libmesh store: Services, Workloads, profiles and splits as refcounted snapshots; authority resolution; the watched directory. */
+/* libmesh store: Services, Workloads, profiles and splits as refcounted snapshots; authority resolution; the watched directory and the fed store. */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -1607,6 +1607,7 @@ struct mesh_store {
   uint64_t ok, failed, last_change_ms;
   int failing;
   char *last_error;
+  char *name; /* a fed store's name in logs (mesh_store_new_fed); NULL: a directory's */
 };
 
 static uint64_t now_ms(void) {
@@ -1789,6 +1790,7 @@ void mesh_store_free(mesh_store *st) {
   mesh_snapshot_unref(st->snap);
   mesh_store_opts_free(st->opts);
   mesh__free(st->ctx, st->last_error);
+  mesh__free(st->ctx, st->name);
   mesh__free(st->ctx, st);
 }
 
@@ -1826,14 +1828,13 @@ int mesh_store_on_change(mesh_store *st, mesh_store_change_fn fn, void *ud) {
   return 0;
 }
 
-int mesh_store_reload(mesh_store *st) {
-  if (!st) return MESH_ERR_INVALID;
-  mesh_diags *diags = NULL;
-  int rc = mesh_diags_new(st->ctx, &diags);
-  if (rc < 0) return rc;
-  mesh_snapshot *snap = NULL;
-  uint64_t h = 0;
-  rc = load(st, diags, &snap, &h);
+static const char *store_name(const mesh_store *st) {
+  return st->name ? st->name : st->opts->dir;
+}
+
+/* What a load (rc from load or load_fed) does to the store: swap and tell,
+ * or keep the last good snapshot and the error. */
+static int settle(mesh_store *st, int rc, mesh_snapshot *snap, uint64_t h, mesh_diags *diags) {
   if (rc == 1) {
     st->failing = 0; /* back to what is served */
     rc = 0;
@@ -1846,7 +1847,7 @@ int mesh_store_reload(mesh_store *st) {
     st->ok++;
     st->last_change_ms = now_ms();
     mesh__log(st->ctx, MESH_LOG_INFO, "store %s: loaded generation %llu (%zu documents)",
-              st->opts->dir, (unsigned long long)st->gen, mesh_snapshot_count(snap));
+              store_name(st), (unsigned long long)st->gen, mesh_snapshot_count(snap));
     if (st->on_change) st->on_change(st->ud, st);
   } else if (rc != MESH_ERR_NOMEM) {
     st->failed++;
@@ -1860,8 +1861,85 @@ int mesh_store_reload(mesh_store *st) {
       st->last_error = e;
     }
     mesh__log(st->ctx, MESH_LOG_ERROR, "store %s: change refused, still serving generation %llu: %s",
-              st->opts->dir, (unsigned long long)st->gen, e ? e : mesh_strerror(rc));
+              store_name(st), (unsigned long long)st->gen, e ? e : mesh_strerror(rc));
   }
+  return rc;
+}
+
+int mesh_store_reload(mesh_store *st) {
+  if (!st || !st->opts->dir) return MESH_ERR_INVALID;
+  mesh_diags *diags = NULL;
+  int rc = mesh_diags_new(st->ctx, &diags);
+  if (rc < 0) return rc;
+  mesh_snapshot *snap = NULL;
+  uint64_t h = 0;
+  rc = load(st, diags, &snap, &h);
+  rc = settle(st, rc, snap, h, diags);
+  mesh_diags_free(diags);
+  return rc;
+}
+
+/* ---- The fed store ------------------------------------------------------------ */
+
+int mesh_store_new_fed(mesh_ctx *ctx, const mesh_store_opts *opts, const char *name,
+                       mesh_store **ret) {
+  if (!ctx || !opts || !name || !ret) return MESH_ERR_INVALID;
+  mesh_store *st = mesh__calloc(ctx, 1, sizeof *st);
+  if (!st) return MESH_ERR_NOMEM;
+  st->ctx = ctx;
+  st->ifd = -1;
+  mesh_snapshot_builder *b = NULL;
+  int rc = mesh_store_opts_new(ctx, &st->opts);
+  /* Only the naming options: without a directory, reload and watch refuse. */
+  if (rc == 0) rc = set_str(ctx, &st->opts->cluster_domain, opts->cluster_domain);
+  if (rc == 0) rc = set_str(ctx, &st->opts->trust_domain, opts->trust_domain);
+  if (rc == 0) rc = set_str(ctx, &st->opts->cp_ns, opts->cp_ns);
+  if (rc == 0) rc = set_str(ctx, &st->name, name);
+  if (rc == 0) rc = mesh_snapshot_builder_new(ctx, st->opts, &b);
+  if (rc == 0) rc = mesh_snapshot_builder_finish(b, NULL, &st->snap);
+  if (rc < 0) {
+    mesh_store_free(st);
+    return rc;
+  }
+  st->snap->gen = st->gen = 1;
+  st->hash = FNV_BASIS; /* what read_dir gives for no file */
+  st->last_change_ms = now_ms();
+  *ret = st;
+  return 0;
+}
+
+int mesh_store_load_buffers(mesh_store *st, size_t n, const char *const *sources,
+                            const char *const *bufs, const size_t *lens) {
+  if (!st || st->opts->dir || (n && (!sources || !bufs || !lens))) return MESH_ERR_INVALID;
+  for (size_t i = 0; i < n; i++)
+    if (!sources[i] || (!bufs[i] && lens[i])) return MESH_ERR_INVALID;
+  mesh_diags *diags = NULL;
+  int rc = mesh_diags_new(st->ctx, &diags);
+  if (rc < 0) return rc;
+  if (n > MESH_STORE_MAX_FILES) { /* refused like any bad set: counted, and the error kept */
+    mesh__diag_add(diags, MESH_DIAG_ERROR, st->name, 0, 0, "more than %u manifests",
+                   (unsigned)MESH_STORE_MAX_FILES);
+    rc = settle(st, MESH_ERR_LIMIT, NULL, 0, diags);
+    mesh_diags_free(diags);
+    return rc;
+  }
+  /* The caller's bytes, borrowed (never freed here): build reads file_bufs. */
+  file_buf *files = mesh__calloc(st->ctx, n ? n : 1, sizeof *files);
+  if (!files) {
+    mesh_diags_free(diags);
+    return MESH_ERR_NOMEM;
+  }
+  uint64_t h = FNV_BASIS;
+  for (size_t i = 0; i < n; i++) {
+    files[i] = (file_buf){.path = (char *)sources[i], .buf = (char *)bufs[i], .len = lens[i]};
+    files[i].hash = fnv(FNV_BASIS, bufs[i], lens[i]);
+    h = fnv(h, sources[i], strlen(sources[i]) + 1);
+    h = fnv(h, &files[i].hash, sizeof files[i].hash);
+  }
+  mesh_snapshot *snap = NULL;
+  rc = h == st->hash ? 1 : build(st, files, n, diags, &snap);
+  rc = settle(st, rc, snap, h, diags);
+  mesh__free(st->ctx, files);
   mesh_diags_free(diags);
   return rc;
 }
@@ -1895,7 +1973,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *ud) {
 }
 
 int mesh_store_watch(mesh_store *st, struct event_base *base) {
-  if (!st || !base || st->ifd >= 0) return MESH_ERR_INVALID;
+  if (!st || !base || st->ifd >= 0 || !st->opts->dir) return MESH_ERR_INVALID;
   int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd < 0) return MESH_ERR_IO;
   if (inotify_add_watch(fd, st->opts->dir,

@@ -198,9 +198,10 @@ static dst_dns_answer *answer_from(const struct ares_addrinfo *res, int *ttl) {
   size_t k = 0;
   *ttl = -1;
   for (const struct ares_addrinfo_node *n = res ? res->nodes : NULL; n; n = n->ai_next) {
-    const void *bin = n->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)n->ai_addr)->sin_addr
-                      : n->ai_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)n->ai_addr)->sin6_addr
-                                                 : NULL;
+    const void *bin =
+        n->ai_family == AF_INET    ? (const void *)&((struct sockaddr_in *)n->ai_addr)->sin_addr
+        : n->ai_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)n->ai_addr)->sin6_addr
+                                   : NULL;
     if (!bin || !inet_ntop(n->ai_family, bin, all[k], sizeof all[k])) continue;
     k++;
     if (*ttl < 0 || n->ai_ttl < *ttl) *ttl = n->ai_ttl < 0 ? 0 : n->ai_ttl;
@@ -208,7 +209,8 @@ static dst_dns_answer *answer_from(const struct ares_addrinfo *res, int *ttl) {
   if (k) qsort(all, k, sizeof *all, cmp_ip);
   size_t distinct = 0;
   for (size_t i = 0; i < k; i++)
-    if (!distinct || strcmp(all[i], all[distinct - 1])) memmove(all[distinct++], all[i], sizeof all[i]);
+    if (!distinct || strcmp(all[i], all[distinct - 1]))
+      memmove(all[distinct++], all[i], sizeof all[i]);
   if (distinct > DST_DNS_MAX_ADDRS) distinct = DST_DNS_MAX_ADDRS;
   dst_dns_answer *a = malloc(sizeof *a + distinct * sizeof a->ip[0]);
   if (a) {
@@ -255,8 +257,9 @@ static json_t *set_json(const dst_dns_answer *a, const dst_dns_answer *other, ui
   for (size_t i = 0; addrs && i < a->n; i++) {
     if (has_ip(other, a->ip[i])) continue;
     format_addr(addr, sizeof addr, a->ip[i], port);
-    json_t *e = add ? json_pack("{s:s, s:i, s:i}", "addr", addr, "weight", 1, "target_port", (int)port)
-                    : json_pack("{s:s}", "addr", addr);
+    json_t *e =
+        add ? json_pack("{s:s, s:i, s:i}", "addr", addr, "weight", 1, "target_port", (int)port)
+            : json_pack("{s:s}", "addr", addr);
     if (json_array_append_new(addrs, e) != 0) {
       json_decref(addrs);
       addrs = NULL;
@@ -280,7 +283,8 @@ int dst_dns_messages(const dst_dns_answer *old, const dst_dns_answer *cur, uint1
     if (had && (j = set_json(old, NULL, port, false))) rc = append(&out, &len, j);
   } else if (!cur->found) {
     /* Said once: a client that was told so already hears nothing. */
-    if (!old || old->found) rc = append(&out, &len, json_pack("{s:{s:b}}", "no_endpoints", "exists", 0));
+    if (!old || old->found)
+      rc = append(&out, &len, json_pack("{s:{s:b}}", "no_endpoints", "exists", 0));
   } else {
     if (had && (j = set_json(old, cur, port, false))) rc = append(&out, &len, j);
     if (!rc && (j = set_json(cur, had ? old : NULL, port, true))) rc = append(&out, &len, j);
@@ -419,8 +423,9 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
     if (!n->failing)
       dlog(r, "WARN", "dns %s: %s; %s, retrying with backoff from %u ms", n->host,
            status == ARES_SUCCESS ? "out of memory" : ares_strerror(status),
-           !n->answer ? "no answer yet" : n->answer->found ? "keeping the last addresses"
-                                                            : "keeping 'not found'",
+           !n->answer         ? "no answer yet"
+           : n->answer->found ? "keeping the last addresses"
+                              : "keeping 'not found'",
            n->retry_ms);
     n->failing = true;
     arm_name(n, n->retry_ms);
@@ -430,8 +435,9 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
   uint32_t next = DST_DNS_NEGATIVE_MS;
   if (a->found) {
     uint64_t ms = (uint64_t)ttl * 1000u;
-    next = ms < DST_DNS_TTL_MIN_MS ? DST_DNS_TTL_MIN_MS : ms > DST_DNS_TTL_MAX_MS ? DST_DNS_TTL_MAX_MS
-                                                                                 : (uint32_t)ms;
+    next = ms < DST_DNS_TTL_MIN_MS   ? DST_DNS_TTL_MIN_MS
+           : ms > DST_DNS_TTL_MAX_MS ? DST_DNS_TTL_MAX_MS
+                                     : (uint32_t)ms;
   }
   bool changed = !same_answer(n->answer, a);
   if (changed || n->failing) {
@@ -564,7 +570,8 @@ bool dst_dns_wants(const dst_dns *r, const char *authority, char *host, size_t h
     return false; /* "svc.ns" of a namespace the store has */
   size_t cl = strlen(r->cd);
   if (hl >= 4 && strcmp(host + hl - 4, ".svc") == 0) return false;
-  if (strcmp(host, r->cd) == 0 || (hl > cl && host[hl - cl - 1] == '.' && strcmp(host + hl - cl, r->cd) == 0))
+  if (strcmp(host, r->cd) == 0 ||
+      (hl > cl && host[hl - cl - 1] == '.' && strcmp(host + hl - cl, r->cd) == 0))
     return false;
   *port = (uint16_t)p;
   return true;
@@ -653,7 +660,8 @@ int dst_dns_new(struct event_base *base, const dst_dns_opts *o, char *err, size_
   r->max_names = o->max_names;
   r->max_resolving = o->max_resolving;
   r->log = o->log;
-  for (size_t i = 0; cd[i]; i++) r->cd[i] = (char)(cd[i] >= 'A' && cd[i] <= 'Z' ? cd[i] + 32 : cd[i]);
+  for (size_t i = 0; cd[i]; i++)
+    r->cd[i] = (char)(cd[i] >= 'A' && cd[i] <= 'Z' ? cd[i] + 32 : cd[i]);
   struct ares_options ao;
   memset(&ao, 0, sizeof ao);
   ao.timeout = DNS_TIMEOUT_MS;
@@ -662,8 +670,8 @@ int dst_dns_new(struct event_base *base, const dst_dns_opts *o, char *err, size_
   ao.lookups = (char *)"b";
   ao.sock_state_cb = on_sock_state;
   ao.sock_state_cb_data = r;
-  int st = ares_init_options(&r->ch, &ao,
-                             ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB);
+  int st = ares_init_options(
+      &r->ch, &ao, ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB);
   if (st == ARES_SUCCESS) {
     r->ch_ok = true;
     if (o->servers) st = ares_set_servers_ports(r->ch, nodes);
@@ -677,9 +685,10 @@ int dst_dns_new(struct event_base *base, const dst_dns_opts *o, char *err, size_
   const char *result = "result", *found = "found", *none = "not_found", *failed = "failed";
   int rc = 0;
   if (o->metrics) {
-    rc = mesh_metrics_gauge(o->metrics, "destination_dns_names",
-                            "Names resolved by DNS for Get streams: watched, or cached until their TTL.",
-                            NULL, 0, &names);
+    rc = mesh_metrics_gauge(
+        o->metrics, "destination_dns_names",
+        "Names resolved by DNS for Get streams: watched, or cached until their TTL.", NULL, 0,
+        &names);
     if (!rc)
       rc = mesh_metrics_counter(o->metrics, "destination_dns_resolutions_total",
                                 "DNS resolutions of names outside the store, by result (found: "

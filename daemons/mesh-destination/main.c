@@ -23,6 +23,7 @@
 #include <mesh/store.h>
 
 #include "dns.h"
+#include "etcd.h"
 
 #define GET_PATH "/io.linkerd.proxy.destination.Destination/Get"
 #define PROFILE_PATH "/io.linkerd.proxy.destination.Destination/GetProfile"
@@ -43,6 +44,7 @@ typedef struct {
   mesh_ctx *ctx;
   struct event_base *base;
   mesh_store *store;
+  dst_etcd *etcd;           /* the store's source with --etcd-endpoints (NULL: --store-dir) */
   dst_dns *dns;             /* names outside the store (NULL: --no-dns-fallback) */
   const char *identity_dir; /* NULL: plaintext */
   mesh_tls_creds *creds;    /* the serving certificate, swapped on SIGHUP */
@@ -51,7 +53,7 @@ typedef struct {
   mesh_metrics *metrics;
   mesh_metric_family *error_family;
   mesh_metric_series *reloads_ok, *reloads_refused, *failing, *generation, *streams_get,
-      *streams_profile, *streams_policy, *updates, *error_info;
+      *streams_profile, *streams_policy, *updates, *error_info, *connected;
   uint64_t seen_ok, seen_refused;
   char error_shown[ERROR_LABEL_MAX];
 } daemon_state;
@@ -520,6 +522,7 @@ static void metrics_update(daemon_state *d) {
   d->seen_refused = refused;
   int failing = mesh_store_failing(d->store);
   mesh_metrics_set(d->failing, failing);
+  mesh_metrics_set(d->connected, d->etcd ? dst_etcd_connected(d->etcd) : 1);
   mesh_snapshot *snap = mesh_store_snapshot(d->store);
   mesh_metrics_set(d->generation, (int64_t)mesh_snapshot_generation(snap));
   mesh_snapshot_unref(snap);
@@ -558,7 +561,7 @@ static void admin_metrics(struct evhttp_request *req, void *ud) {
 }
 
 static bool metrics_setup(daemon_state *d) {
-  mesh_metric_family *reloads, *failing, *gen, *streams, *updates;
+  mesh_metric_family *reloads, *failing, *gen, *streams, *updates, *connected;
   const char *result = "result", *method = "method", *error = "error";
   int rc = mesh_metrics_new(d->ctx, &d->metrics);
   if (!rc)
@@ -575,6 +578,11 @@ static bool metrics_setup(daemon_state *d) {
                             "The error that keeps the store from loading (file:line:col), while it lasts.",
                             &error, 1, &d->error_family);
   if (!rc)
+    rc = mesh_metrics_gauge(d->metrics, "destination_store_connected",
+                            "1 while the store's source is followed (etcd: a watch is open on "
+                            "a member; a directory: always). 0: the last state stays served.",
+                            NULL, 0, &connected);
+  if (!rc)
     rc = mesh_metrics_gauge(d->metrics, "destination_store_generation",
                             "The generation of the snapshot being served.", NULL, 0, &gen);
   if (!rc)
@@ -590,6 +598,7 @@ static bool metrics_setup(daemon_state *d) {
   if (!rc) rc = mesh_metrics_series(reloads, &refused, 1, &d->reloads_refused);
   if (!rc) rc = mesh_metrics_series(failing, NULL, 0, &d->failing);
   if (!rc) rc = mesh_metrics_series(gen, NULL, 0, &d->generation);
+  if (!rc) rc = mesh_metrics_series(connected, NULL, 0, &d->connected);
   if (!rc) rc = mesh_metrics_series(streams, &get, 1, &d->streams_get);
   if (!rc) rc = mesh_metrics_series(streams, &profile, 1, &d->streams_profile);
   if (!rc) rc = mesh_metrics_series(streams, &policy, 1, &d->streams_policy);
@@ -602,7 +611,7 @@ static bool metrics_setup(daemon_state *d) {
 static void metrics_free(daemon_state *d) {
   mesh_metric_series *all[] = {d->reloads_ok, d->reloads_refused, d->failing,      d->generation,
                                d->streams_get, d->streams_profile, d->updates, d->error_info,
-                               d->streams_policy};
+                               d->streams_policy, d->connected};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mesh_metrics_series_unref(all[i]);
   mesh_metrics_free(d->metrics);
 }
@@ -615,8 +624,26 @@ static void admin_text(struct evhttp_request *req, int status, const char *text)
   if (b) evbuffer_free(b);
 }
 
-/* Ready once a snapshot is served (from the start: the first load must succeed). */
-static void admin_ready(struct evhttp_request *req, void *ud) { admin_text(req, 200, "ready"); }
+/* Ready once a state from the source is served: from the start for a
+ * directory (the first load must succeed); for etcd, once a read of it
+ * loaded (an empty prefix is a state; a refused first read is not).
+ * Losing etcd later does not make it unready: the last state is served. */
+static void admin_ready(struct evhttp_request *req, void *ud) {
+  daemon_state *d = ud;
+  if (!d->etcd || (dst_etcd_synced(d->etcd) &&
+                   (mesh_store_reloads_ok(d->store) > 0 || !mesh_store_failing(d->store)))) {
+    admin_text(req, 200, "ready");
+    return;
+  }
+  struct evbuffer *b = evbuffer_new();
+  if (b)
+    evbuffer_add_printf(b, "not ready: %s\n",
+                        dst_etcd_synced(d->etcd) ? "the first state read from etcd was refused (/store)"
+                                                 : "no answer from etcd yet");
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
+  evhttp_send_reply(req, 503, "Service Unavailable", b);
+  if (b) evbuffer_free(b);
+}
 static void admin_live(struct evhttp_request *req, void *ud) { admin_text(req, 200, "live"); }
 
 /* The store's state for a person: what is served, and why a change is refused. */
@@ -624,9 +651,13 @@ static void admin_store(struct evhttp_request *req, void *ud) {
   daemon_state *d = ud;
   mesh_snapshot *snap = mesh_store_snapshot(d->store);
   const char *err = mesh_store_last_error(d->store);
-  char text[2048];
+  char text[2048], source[1024] = "";
+  if (d->etcd) {
+    dst_etcd_describe(d->etcd, source, sizeof source - 1);
+    strcat(source, "\n");
+  }
   snprintf(text, sizeof text,
-           "generation %llu, %zu documents\nreloads: %llu ok, %llu refused\n%s%s",
+           "%sgeneration %llu, %zu documents\nreloads: %llu ok, %llu refused\n%s%s", source,
            (unsigned long long)mesh_snapshot_generation(snap), mesh_snapshot_count(snap),
            (unsigned long long)mesh_store_reloads_ok(d->store),
            (unsigned long long)mesh_store_reloads_failed(d->store),
@@ -697,7 +728,8 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
 static void on_signal(evutil_socket_t sig, short what, void *ud) {
   daemon_state *d = ud;
   if (sig == SIGHUP) {
-    mesh_store_reload(d->store);
+    if (d->etcd) dst_etcd_resync(d->etcd);
+    else mesh_store_reload(d->store);
     if (d->identity_dir) load_tls(d, "SIGHUP");
     return;
   }
@@ -717,10 +749,17 @@ static void usage(FILE *out) {
           "talk to, and the inbound policy documents of their own workload\n"
           "(InboundServerPolicies.WatchWorkload), as streams of JSON lines over HTTP/2\n"
           "(doc/protocol.md).\n\n"
-          "Usage:\n  mesh-destination --store-dir DIR [flags]\n\n"
+          "Usage:\n  mesh-destination --store-dir DIR [flags]\n"
+          "  mesh-destination --etcd-endpoints http://IP:PORT,... [--etcd-prefix P] [flags]\n\n"
           "Flags:\n"
           "      --store-dir DIR          the manifests (*.yaml, *.yml, *.json): Services,\n"
           "                               Workloads, ServiceProfiles, TrafficSplits, policy\n"
+          "      --etcd-endpoints LIST    instead of --store-dir: the manifests are the values\n"
+          "                               of the keys under the prefix in etcd (v3, its JSON\n"
+          "                               gateway over plain HTTP; members by IP address,\n"
+          "                               comma-separated, tried in turn; doc/etcd.md)\n"
+          "      --etcd-prefix P          the key prefix (default /libmesh/): a key\n"
+          "                               P<name>.yaml, .yml or .json holds one manifest file\n"
           "      --listen ADDR            Destination over HTTP/2 (default 127.0.0.1:8086);\n"
           "                               without --identity-dir, plaintext and loopback only\n"
           "      --identity-dir DIR       serve over mTLS as the identity of DIR/leaf.crt\n"
@@ -751,7 +790,18 @@ static void usage(FILE *out) {
           "otherwise the last good state stays and the error is logged and shown on\n"
           "/metrics and /store. SIGHUP reads the directory (and the identity directory)\n"
           "at once. The first load must succeed. SIGTERM or SIGINT stops the service.\n"
-          "Logs go to standard error.\n\n"
+          "Logs go to standard error.\n\n");
+  fprintf(out,
+          "With etcd, every key under the prefix is read at one revision, then watched\n"
+          "from the next; each change (after the debounce time) makes a candidate state\n"
+          "from the whole key set, which replaces what is served only when every\n"
+          "manifest is valid, as with a directory. Replicas on the same etcd serve the\n"
+          "same state. A member that fails (connection lost, no quorum read within 3 s)\n"
+          "is left for the next one and the watch resumes after the last revision seen;\n"
+          "a compacted revision means a full read again. Meanwhile the last state stays\n"
+          "served (destination_store_connected 0). /ready answers 503 only until a\n"
+          "first state from etcd is served. SIGHUP reads every key again.\n\n");
+  fprintf(out,
           "A Get for a name the store does not know, of two labels or more and outside\n"
           "the cluster domain (not *.svc, not *.<cluster-domain>, not svc.ns for a\n"
           "namespace of the store: those stay the store's), is resolved by DNS (A and\n"
@@ -765,9 +815,12 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
   enum { OPT_DIR = 256, OPT_LISTEN, OPT_ADMIN, OPT_CD, OPT_TD, OPT_NS, OPT_DEBOUNCE, OPT_ID, OPT_AUTH,
-         OPT_MAX, OPT_DNS_SERVER, OPT_DNS_NAMES, OPT_DNS_RESOLVING, OPT_NO_DNS };
+         OPT_MAX, OPT_DNS_SERVER, OPT_DNS_NAMES, OPT_DNS_RESOLVING, OPT_NO_DNS, OPT_ETCD,
+         OPT_ETCD_PREFIX };
   static const struct option opts[] = {
       {"store-dir", required_argument, NULL, OPT_DIR},
+      {"etcd-endpoints", required_argument, NULL, OPT_ETCD},
+      {"etcd-prefix", required_argument, NULL, OPT_ETCD_PREFIX},
       {"listen", required_argument, NULL, OPT_LISTEN},
       {"admin", required_argument, NULL, OPT_ADMIN},
       {"cluster-domain", required_argument, NULL, OPT_CD},
@@ -785,7 +838,7 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   const char *listen = "127.0.0.1:8086", *admin = "0.0.0.0:9996", *dir = NULL, *cd = NULL,
-             *td = NULL, *ns = NULL, *identity_dir = NULL;
+             *td = NULL, *ns = NULL, *identity_dir = NULL, *etcd = NULL, *etcd_prefix = NULL;
   long debounce = -1, max_streams = DEFAULT_MAX_STREAMS, dns_names = DST_DNS_DEFAULT_MAX_NAMES,
        dns_resolving = DST_DNS_DEFAULT_MAX_RESOLVING;
   bool dns_fallback = true;
@@ -795,6 +848,8 @@ int main(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case OPT_DIR: dir = optarg; break;
+    case OPT_ETCD: etcd = optarg; break;
+    case OPT_ETCD_PREFIX: etcd_prefix = optarg; break;
     case OPT_LISTEN: listen = optarg; break;
     case OPT_ADMIN: admin = optarg; break;
     case OPT_CD: cd = optarg; break;
@@ -853,9 +908,21 @@ int main(int argc, char **argv) {
     default: fprintf(stderr, "Run 'mesh-destination --help' for usage.\n"); return 2;
     }
   }
-  if (optind < argc || !dir) {
+  if (optind < argc || !dir == !etcd || (etcd_prefix && !etcd)) {
     fprintf(stderr, "mesh-destination: %s\nRun 'mesh-destination --help' for usage.\n",
-            dir ? "unexpected argument" : "give the manifest directory with --store-dir DIR");
+            optind < argc  ? "unexpected argument"
+            : dir && etcd  ? "give either --store-dir or --etcd-endpoints, not both"
+            : etcd_prefix && !etcd ? "--etcd-prefix goes with --etcd-endpoints"
+                           : "give the manifest directory with --store-dir DIR, or "
+                             "--etcd-endpoints");
+    return 2;
+  }
+  if (etcd && !dst_etcd_endpoints_valid(etcd, dns_err, sizeof dns_err)) {
+    fprintf(stderr, "mesh-destination: --etcd-endpoints %s\n", dns_err);
+    return 2;
+  }
+  if (etcd_prefix && (!*etcd_prefix || strlen(etcd_prefix) > 512)) {
+    fprintf(stderr, "mesh-destination: --etcd-prefix is 1 to 512 bytes\n");
     return 2;
   }
   if (!identity_dir && !loopback(listen)) {
@@ -887,7 +954,7 @@ int main(int argc, char **argv) {
   }
   mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, lib_log, NULL);
   if (!metrics_setup(&d)) goto done;
-  if ((rc = mesh_store_opts_new(d.ctx, &so)) < 0 || (rc = mesh_store_opts_set_dir(so, dir)) < 0 ||
+  if ((rc = mesh_store_opts_new(d.ctx, &so)) < 0 || (dir && (rc = mesh_store_opts_set_dir(so, dir)) < 0) ||
       (rc = mesh_diags_new(d.ctx, &diags)) < 0) {
     logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
     goto done;
@@ -900,7 +967,24 @@ int main(int argc, char **argv) {
                     "DNS label");
     goto done;
   }
-  if ((rc = mesh_store_new(d.ctx, so, diags, &d.store)) < 0) {
+  if (etcd) {
+    char name[600];
+    snprintf(name, sizeof name, "etcd %s", etcd_prefix ? etcd_prefix : DST_ETCD_DEFAULT_PREFIX);
+    dst_etcd_opts eo = {.endpoints = etcd,
+                        .prefix = etcd_prefix,
+                        .debounce_ms = debounce >= 0 ? (uint32_t)debounce : MESH_STORE_DEFAULT_DEBOUNCE_MS,
+                        .log = dns_log};
+    if ((rc = mesh_store_new_fed(d.ctx, so, name, &d.store)) < 0) {
+      logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
+      goto done;
+    }
+    mesh_store_on_change(d.store, on_store_change, &d);
+    if ((rc = dst_etcd_new(d.base, d.store, &eo, dns_err, sizeof dns_err, &d.etcd)) < 0) {
+      logmsg("ERROR", "--etcd-endpoints %s: %s", etcd, rc == MESH_ERR_INVALID ? dns_err : mesh_strerror(rc));
+      goto done;
+    }
+    logmsg("INFO", "store: etcd %s, keys under %s", etcd, etcd_prefix ? etcd_prefix : DST_ETCD_DEFAULT_PREFIX);
+  } else if ((rc = mesh_store_new(d.ctx, so, diags, &d.store)) < 0) {
     for (size_t i = 0; i < mesh_diags_count(diags); i++)
       logmsg("ERROR", "%s", mesh_diags_text(diags, i));
     logmsg("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
@@ -908,14 +992,17 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < mesh_diags_count(diags); i++)
     logmsg("WARN", "%s", mesh_diags_text(diags, i));
-  mesh_store_on_change(d.store, on_store_change, &d);
-  if ((rc = mesh_store_watch(d.store, d.base)) < 0) {
-    logmsg("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
-    goto done;
+  mesh_snapshot *snap;
+  if (dir) {
+    mesh_store_on_change(d.store, on_store_change, &d);
+    if ((rc = mesh_store_watch(d.store, d.base)) < 0) {
+      logmsg("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
+      goto done;
+    }
+    snap = mesh_store_snapshot(d.store);
+    logmsg("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
+    mesh_snapshot_unref(snap);
   }
-  mesh_snapshot *snap = mesh_store_snapshot(d.store);
-  logmsg("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
-  mesh_snapshot_unref(snap);
 
   if (dns_fallback) {
     dst_dns_opts dopts = {.cluster_domain = cd ? cd : MESH_STORE_DEFAULT_CLUSTER_DOMAIN,
@@ -979,6 +1066,7 @@ done:
   dst_dns_free(d.dns); /* after the watches, which hold its names */
   mesh_rpc_server_opts_free(ro);
   mesh_tls_creds_free(d.creds);
+  dst_etcd_free(d.etcd); /* before the store it feeds */
   mesh_store_free(d.store);
   mesh_store_opts_free(so);
   mesh_diags_free(diags);

@@ -4,7 +4,6 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,8 @@
 #include <mesh/mesh.h>
 #include <mesh/metrics.h>
 #include <mesh/rpc.h>
+
+#include "daemon_log.h"
 
 #define FILE_MAX 1048576u /* bytes of any file read from DIR */
 #define POLL_MS 1000u     /* how often DIR's files are checked for changes */
@@ -61,29 +62,6 @@ typedef struct {
   mesh_metrics *metrics;
   mesh_metric_series *issued, *failed[NREASONS], *expiry, *reloads_ok, *reloads_refused;
 } daemon_state;
-
-/* ---- Logging ----------------------------------------------------------- */
-
-static void logmsg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logmsg(const char *level, const char *fmt, ...) {
-  char ts[32];
-  struct timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  struct tm tm;
-  gmtime_r(&now.tv_sec, &tm);
-  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "%s.%03ldZ %-5s ", ts, now.tv_nsec / 1000000, level);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
-static void lib_log(void *ud, int level, const char *line) {
-  logmsg(level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN" : "INFO", "libmesh: %s",
-         line);
-}
 
 static void rfc3339(uint64_t t, char buf[32]) {
   time_t tt = (time_t)t;
@@ -168,7 +146,7 @@ static bool load_config(daemon_state *d) {
   json_error_t je;
   json_t *c = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
   if (!c) {
-    logmsg("ERROR", "%s: %s (line %d)", path, je.text, je.line);
+    daemon_log("ERROR", "%s: %s (line %d)", path, je.text, je.line);
     return false;
   }
   const char *td = json_string_value(json_object_get(c, "trustDomain"));
@@ -178,14 +156,14 @@ static bool load_config(daemon_state *d) {
   bool ok = false;
   mesh_identity *probe = NULL;
   if (!td || !ns || strlen(td) >= sizeof d->trust_domain || strlen(ns) >= sizeof d->cp_ns)
-    logmsg("ERROR", "%s: needs trustDomain and controlPlaneNamespace strings", path);
+    daemon_log("ERROR", "%s: needs trustDomain and controlPlaneNamespace strings", path);
   else if (mesh_identity_new(d->ctx, "x", "x", ns, td, NULL, &probe) < 0)
-    logmsg("ERROR", "%s: trustDomain %s or controlPlaneNamespace %s is not a valid name", path,
+    daemon_log("ERROR", "%s: trustDomain %s or controlPlaneNamespace %s is not a valid name", path,
            td, ns);
   else if (life && !parse_duration(life, &d->lifetime_s))
-    logmsg("ERROR", "%s: issuanceLifetime '%s' is not a duration", path, life);
+    daemon_log("ERROR", "%s: issuanceLifetime '%s' is not a duration", path, life);
   else if (skew && !parse_duration(skew, &d->skew_s))
-    logmsg("ERROR", "%s: clockSkewAllowance '%s' is not a duration", path, skew);
+    daemon_log("ERROR", "%s: clockSkewAllowance '%s' is not a duration", path, skew);
   else {
     snprintf(d->trust_domain, sizeof d->trust_domain, "%s", td);
     snprintf(d->cp_ns, sizeof d->cp_ns, "%s", ns);
@@ -201,13 +179,13 @@ static bool load_token_key(daemon_state *d) {
   const char *err = NULL, *why = NULL;
   char *buf = read_file(d, "token.pub", &len, &err);
   if (!buf) {
-    logmsg("ERROR", "%s/token.pub: %s", d->dir, err);
+    daemon_log("ERROR", "%s/token.pub: %s", d->dir, err);
     return false;
   }
   int rc = mesh_key_parse(d->ctx, buf, len, &why, &d->token_pub);
   free(buf);
   if (rc < 0) {
-    logmsg("ERROR", "%s/token.pub: not a usable public key: %s", d->dir,
+    daemon_log("ERROR", "%s/token.pub: not a usable public key: %s", d->dir,
            why ? why : mesh_strerror(rc));
     return false;
   }
@@ -246,9 +224,9 @@ static bool issue_serving(daemon_state *d, const mesh_ca *issuer, const char *an
     d->serving_renew_at = mesh_identity_renew_at(nb, na, now);
     char until[32];
     rfc3339(na, until);
-    logmsg("INFO", "serving certificate for %s, valid until %s", mesh_identity_dns(id), until);
+    daemon_log("INFO", "serving certificate for %s, valid until %s", mesh_identity_dns(id), until);
   } else {
-    logmsg("ERROR", "cannot issue the serving certificate: %s", why ? why : mesh_strerror(rc));
+    daemon_log("ERROR", "cannot issue the serving certificate: %s", why ? why : mesh_strerror(rc));
   }
   mesh_tls_config_unref(cfg);
   mesh_tls_opts_free(opts);
@@ -313,13 +291,13 @@ static bool reload_issuer(daemon_state *d, const char *trigger) {
   bool counted = strcmp(trigger, "start") != 0;
   if (problem) {
     if (counted) mesh_metrics_inc(d->reloads_refused, 1);
-    logmsg("ERROR", "issuer reload (%s) refused: %s; %s", trigger, problem,
+    daemon_log("ERROR", "issuer reload (%s) refused: %s; %s", trigger, problem,
            d->issuer ? "still serving with the previous issuer" : "no issuer: Certify is unavailable");
   } else {
     const mesh_certs *c = mesh_ca_certs(ca);
     char until[32];
     rfc3339(mesh_certs_not_after(c, 0), until);
-    logmsg("INFO", "issuer loaded (%s): %s, serial %s, issued by %s, valid until %s", trigger,
+    daemon_log("INFO", "issuer loaded (%s): %s, serial %s, issued by %s, valid until %s", trigger,
            mesh_certs_subject(c, 0), mesh_certs_serial(c, 0), mesh_certs_issuer(c, 0), until);
     /* Single-threaded: no issuance is in flight while the issuer is swapped. */
     mesh_ca_free(d->issuer);
@@ -357,7 +335,7 @@ static void on_certify(void *ud, mesh_rpc_call *call) {
                                body, len, (uint64_t)time(NULL), &resp, &code, &why);
   if (rc == 0) {
     mesh_metrics_inc(d->issued, 1);
-    logmsg("INFO", "issued a certificate to %s", peer ? peer : "?");
+    daemon_log("INFO", "issued a certificate to %s", peer ? peer : "?");
     mesh_rpc_reply(call, 200, resp);
     mesh_free_string(d->ctx, resp);
     return;
@@ -366,7 +344,7 @@ static void on_certify(void *ud, mesh_rpc_call *call) {
   if (!why) why = mesh_strerror(rc);
   for (size_t i = 0; i < NREASONS; i++)
     if (!strcmp(REASONS[i], code)) mesh_metrics_inc(d->failed[i], 1);
-  logmsg("INFO", "refused a Certify from %s: %s: %s", peer ? peer : "?", code, why);
+  daemon_log("INFO", "refused a Certify from %s: %s: %s", peer ? peer : "?", code, why);
   mesh_rpc_reply_error(call, status_of(code), code, why);
 }
 
@@ -418,7 +396,7 @@ static bool metrics_setup(daemon_state *d) {
   if (!rc) rc = mesh_metrics_series(reloads, &ok, 1, &d->reloads_ok);
   if (!rc) rc = mesh_metrics_series(reloads, &refused, 1, &d->reloads_refused);
   if (!rc) rc = mesh_metrics_process(d->metrics);
-  if (rc) logmsg("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
+  if (rc) daemon_log("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
   return rc == 0;
 }
 
@@ -477,13 +455,13 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
   char host[256];
   uint16_t port;
   if (!split_addr(addr, host, sizeof host, &port)) {
-    logmsg("ERROR", "--admin %s: expected HOST:PORT", addr);
+    daemon_log("ERROR", "--admin %s: expected HOST:PORT", addr);
     return NULL;
   }
   struct evhttp *http = evhttp_new(d->base);
   struct evhttp_bound_socket *s = http ? evhttp_bind_socket_with_handle(http, host, port) : NULL;
   if (!s) {
-    logmsg("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
+    daemon_log("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
     if (http) evhttp_free(http);
     return NULL;
   }
@@ -498,7 +476,7 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
     uint16_t bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                               : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    logmsg("INFO", "admin (/metrics /ready /live) listening on %s:%u",
+    daemon_log("INFO", "admin (/metrics /ready /live) listening on %s:%u",
            strchr(host, ':') ? "[::]" : host, bound);
   }
   return http;
@@ -528,7 +506,7 @@ static void on_tick(evutil_socket_t fd, short what, void *ud) {
     const char *err = NULL;
     char *anchors = read_file(d, "ca.crt", &len, &err);
     if (anchors) issue_serving(d, d->issuer, anchors, len);
-    else logmsg("ERROR", "%s/ca.crt: %s; serving certificate not renewed", d->dir, err);
+    else daemon_log("ERROR", "%s/ca.crt: %s; serving certificate not renewed", d->dir, err);
     free(anchors);
   }
 }
@@ -539,7 +517,7 @@ static void on_signal(evutil_socket_t sig, short what, void *ud) {
     reload_issuer(d, "SIGHUP");
     return;
   }
-  logmsg("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  daemon_log("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   event_base_loopexit(d->base, NULL);
 }
 
@@ -605,21 +583,21 @@ int main(int argc, char **argv) {
   struct evhttp *http = NULL;
   struct event *tick = NULL, *sigs[3] = {NULL};
   if (mesh_ctx_new(&d.ctx) < 0 || !(d.base = event_base_new())) {
-    logmsg("ERROR", "out of memory");
+    daemon_log("ERROR", "out of memory");
     goto done;
   }
-  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, lib_log, NULL);
+  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, daemon_log_lib, "libmesh: ");
   if (!metrics_setup(&d) || !load_config(&d) || !load_token_key(&d)) goto done;
   if (aud) snprintf(d.audience, sizeof d.audience, "%s", aud);
   else snprintf(d.audience, sizeof d.audience, "identity.%s.%s", d.cp_ns, d.trust_domain);
   if (strlen(d.audience) > 256) {
-    logmsg("ERROR", "the audience %s is longer than 256 characters: give a shorter --audience",
+    daemon_log("ERROR", "the audience %s is longer than 256 characters: give a shorter --audience",
            d.audience);
     goto done;
   }
   int rc = mesh_tls_creds_new(d.ctx, NULL, &d.creds);
   if (rc < 0) {
-    logmsg("ERROR", "cannot make the credential holder: %s", mesh_strerror(rc));
+    daemon_log("ERROR", "cannot make the credential holder: %s", mesh_strerror(rc));
     goto done;
   }
   /* Without a working issuer there is nothing to serve: fail fast at start,
@@ -632,16 +610,16 @@ int main(int argc, char **argv) {
       (rc = mesh_rpc_server_opts_set_limit(ro, MESH_RPC_LIMIT_BODY, MESH_CERTIFY_REQUEST_MAX)) < 0 ||
       (rc = mesh_rpc_server_new(d.ctx, d.base, ro, &srv)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, MESH_CERTIFY_PATH, on_certify, &d)) < 0) {
-    logmsg("ERROR", "cannot set up the Certify server: %s", mesh_strerror(rc));
+    daemon_log("ERROR", "cannot set up the Certify server: %s", mesh_strerror(rc));
     goto done;
   }
   uint16_t port = 0;
   if ((rc = mesh_rpc_server_listen(srv, listen, &port)) < 0) {
-    logmsg("ERROR", "--listen %s: %s%s%s", listen, mesh_strerror(rc), rc == MESH_ERR_IO ? ": " : "",
+    daemon_log("ERROR", "--listen %s: %s%s%s", listen, mesh_strerror(rc), rc == MESH_ERR_IO ? ": " : "",
            rc == MESH_ERR_IO ? strerror(errno) : "");
     goto done;
   }
-  logmsg("INFO", "Certify (%s) listening on %.*s:%u over TLS, audience %s, trust domain %s",
+  daemon_log("INFO", "Certify (%s) listening on %.*s:%u over TLS, audience %s, trust domain %s",
          MESH_CERTIFY_PATH, (int)(strrchr(listen, ':') - listen), listen, port, d.audience,
          d.trust_domain);
   if (!(http = admin_start(&d, admin))) goto done;
@@ -669,6 +647,6 @@ done:
   metrics_free(&d);
   if (d.base) event_base_free(d.base);
   mesh_ctx_free(d.ctx);
-  if (status == 0) logmsg("INFO", "stopped");
+  if (status == 0) daemon_log("INFO", "stopped");
   return status;
 }

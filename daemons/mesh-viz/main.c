@@ -17,6 +17,8 @@
 #include <jansson.h>
 
 #include <mesh/mesh.h>
+
+#include "daemon_log.h"
 #include <mesh/metrics.h>
 #include <mesh/store.h>
 
@@ -59,29 +61,6 @@ typedef struct {
   mesh_metric_series *scrapes_ok, *scrapes_failed, *targets_g, *reachable_g, *series_g,
       *queries_ok, *queries_bad;
 } daemon_state;
-
-/* ---- Logging ----------------------------------------------------------- */
-
-static void logmsg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logmsg(const char *level, const char *fmt, ...) {
-  char ts[32];
-  struct timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  struct tm tm;
-  gmtime_r(&now.tv_sec, &tm);
-  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "%s.%03ldZ %-5s ", ts, now.tv_nsec / 1000000, level);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
-static void lib_log(void *ud, int level, const char *line) {
-  logmsg(level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN" : "INFO", "libmesh: %s",
-         line);
-}
 
 static uint64_t now_ms(void) {
   struct timespec ts;
@@ -276,7 +255,7 @@ static void scrape_failed(daemon_state *d, viz_target *t, const char *fmt, ...) 
   va_end(ap);
   /* Logged when it starts failing or fails otherwise, not every interval. */
   if (t->state != -1 || strcmp(why, t->error) != 0)
-    logmsg("WARN", "scrape %s/%s (%s): %s", t->ns, t->name, t->admin, why);
+    daemon_log("WARN", "scrape %s/%s (%s): %s", t->ns, t->name, t->admin, why);
   snprintf(t->error, sizeof t->error, "%s", why);
   t->state = -1;
   t->scrapes_failed++;
@@ -346,7 +325,7 @@ static void on_scrape(struct evhttp_request *req, void *ud) {
         for (size_t i = a.cap; i < t->nseries; i++) v[i] = NAN;
         a.v = NULL;
         ring_push(t, t->last_scrape_ms, v, t->nseries, a.start_s);
-        if (t->state != 1) logmsg("INFO", "scrape %s/%s (%s): ok", t->ns, t->name, t->admin);
+        if (t->state != 1) daemon_log("INFO", "scrape %s/%s (%s): ok", t->ns, t->name, t->admin);
         t->state = 1;
         t->error[0] = '\0';
         t->scrapes_ok++;
@@ -563,7 +542,7 @@ static void rebuild(daemon_state *d, mesh_snapshot *snap) {
       continue;
     }
     if (kind != MESH_KIND_WORKLOAD) {
-      if (!add_catalog(&d->st, kind, ns, name, doc)) logmsg("ERROR", "out of memory");
+      if (!add_catalog(&d->st, kind, ns, name, doc)) daemon_log("ERROR", "out of memory");
       json_decref(doc);
       continue;
     }
@@ -587,7 +566,7 @@ static void rebuild(daemon_state *d, mesh_snapshot *snap) {
       snprintf(admin, sizeof admin, strchr(addr1, ':') ? "[%s]:%lld" : "%s:%lld", addr1, port);
     viz_target *t = upsert(d, &list, &old, ns, name, admin);
     if (!t) {
-      logmsg("ERROR", "out of memory");
+      daemon_log("ERROR", "out of memory");
       json_decref(doc);
       continue;
     }
@@ -627,9 +606,9 @@ static void rebuild(daemon_state *d, mesh_snapshot *snap) {
   d->st.targets = list;
   d->st.ntargets = n;
   if (skipped)
-    logmsg("WARN", "%zu Workloads past the first %u are not scraped", skipped, VIZ_MAX_TARGETS);
+    daemon_log("WARN", "%zu Workloads past the first %u are not scraped", skipped, VIZ_MAX_TARGETS);
   for (viz_target *t = list; t; t = t->next)
-    if (!t->ns || !t->name || !t->deploy || !t->sa || !t->labels) logmsg("ERROR", "out of memory");
+    if (!t->ns || !t->name || !t->deploy || !t->sa || !t->labels) daemon_log("ERROR", "out of memory");
   update_gauges(d);
 }
 
@@ -637,7 +616,7 @@ static void on_store_change(void *ud, mesh_store *st) {
   daemon_state *d = ud;
   mesh_snapshot *snap = mesh_store_snapshot(st);
   rebuild(d, snap);
-  logmsg("INFO", "store generation %llu: %zu targets", (unsigned long long)mesh_snapshot_generation(snap),
+  daemon_log("INFO", "store generation %llu: %zu targets", (unsigned long long)mesh_snapshot_generation(snap),
          d->st.ntargets);
   mesh_snapshot_unref(snap);
   on_tick(-1, 0, d); /* new targets get their first sample now */
@@ -750,7 +729,7 @@ static bool metrics_setup(daemon_state *d) {
   if (!rc) rc = mesh_metrics_series(queries, &ok, 1, &d->queries_ok);
   if (!rc) rc = mesh_metrics_series(queries, &bad, 1, &d->queries_bad);
   if (!rc) rc = mesh_metrics_process(d->metrics);
-  if (rc) logmsg("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
+  if (rc) daemon_log("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
   return rc == 0;
 }
 
@@ -786,12 +765,12 @@ static struct evhttp *serve_start(daemon_state *d, const char *addr) {
   char host[256];
   uint16_t port;
   if (!split_addr(addr, host, sizeof host, &port)) {
-    logmsg("ERROR", "--listen %s: expected HOST:PORT", addr);
+    daemon_log("ERROR", "--listen %s: expected HOST:PORT", addr);
     return NULL;
   }
   struct evhttp *http = evhttp_new(d->base);
   if (!http || !evhttp_bind_socket_with_handle(http, host, port)) {
-    logmsg("ERROR", "--listen %s: cannot listen: %s", addr, strerror(errno));
+    daemon_log("ERROR", "--listen %s: cannot listen: %s", addr, strerror(errno));
     if (http) evhttp_free(http);
     return NULL;
   }
@@ -805,7 +784,7 @@ static struct evhttp *serve_start(daemon_state *d, const char *addr) {
   evhttp_set_cb(http, "/ready", serve_ready, d);
   evhttp_set_cb(http, "/live", serve_live, d);
   evhttp_set_gencb(http, serve_other, d);
-  logmsg("INFO", "API (/api/stat /api/routes /api/edges /api/targets), /metrics, /ready, /live on %s", addr);
+  daemon_log("INFO", "API (/api/stat /api/routes /api/edges /api/targets), /metrics, /ready, /live on %s", addr);
   return http;
 }
 
@@ -817,7 +796,7 @@ static void on_signal(evutil_socket_t sig, short what, void *ud) {
     mesh_store_reload(d->store);
     return;
   }
-  logmsg("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  daemon_log("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   event_base_loopexit(d->base, NULL);
 }
 
@@ -928,32 +907,32 @@ int main(int argc, char **argv) {
   struct evhttp *http = NULL;
   struct event *sigs[3] = {NULL};
   if (mesh_ctx_new(&d.ctx) < 0 || !(d.base = event_base_new())) {
-    logmsg("ERROR", "out of memory");
+    daemon_log("ERROR", "out of memory");
     goto done;
   }
-  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, lib_log, NULL);
+  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, daemon_log_lib, "libmesh: ");
   if (!metrics_setup(&d)) goto done;
   if ((rc = mesh_store_opts_new(d.ctx, &so)) < 0 || (rc = mesh_store_opts_set_dir(so, dir)) < 0 ||
       (rc = mesh_diags_new(d.ctx, &diags)) < 0 ||
       (debounce >= 0 && (rc = mesh_store_opts_set_debounce_ms(so, (uint32_t)debounce)) < 0)) {
-    logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
+    daemon_log("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
     goto done;
   }
   if ((rc = mesh_store_new(d.ctx, so, diags, &d.store)) < 0) {
-    for (size_t i = 0; i < mesh_diags_count(diags); i++) logmsg("ERROR", "%s", mesh_diags_text(diags, i));
-    logmsg("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
+    for (size_t i = 0; i < mesh_diags_count(diags); i++) daemon_log("ERROR", "%s", mesh_diags_text(diags, i));
+    daemon_log("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
     goto done;
   }
   mesh_store_on_change(d.store, on_store_change, &d);
   if ((rc = mesh_store_watch(d.store, d.base)) < 0) {
-    logmsg("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
+    daemon_log("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
     goto done;
   }
   if (!(http = serve_start(&d, listen))) goto done;
   mesh_snapshot *snap = mesh_store_snapshot(d.store);
   rebuild(&d, snap);
   mesh_snapshot_unref(snap);
-  logmsg("INFO", "store %s: %zu targets; scraping every %llu ms, keeping %llu ms", dir, d.st.ntargets,
+  daemon_log("INFO", "store %s: %zu targets; scraping every %llu ms, keeping %llu ms", dir, d.st.ntargets,
          (unsigned long long)interval, (unsigned long long)retention);
   struct timeval tv = {(time_t)(interval / 1000), (suseconds_t)(interval % 1000) * 1000};
   if (!(d.tick = event_new(d.base, -1, EV_PERSIST, on_tick, &d)) || event_add(d.tick, &tv) < 0) goto done;
@@ -982,6 +961,6 @@ done:
   metrics_free(&d);
   if (d.base) event_base_free(d.base);
   mesh_ctx_free(d.ctx);
-  if (status == 0) logmsg("INFO", "stopped");
+  if (status == 0) daemon_log("INFO", "stopped");
   return status;
 }

@@ -1,4 +1,4 @@
-/* meshctl's HTTP/1.1 client for admin endpoints: one blocking GET, bounded in time and size. */
+/* meshctl's HTTP/1.1 client for admin endpoints and etcd's JSON gateway: one blocking request, bounded in time and size. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -79,30 +79,66 @@ static int connect_to(const char *addr, int64_t deadline, char *why, size_t size
   return fd;
 }
 
+/* A chunked body decoded in place; false when malformed. */
+static bool unchunk(char *b, size_t *len) {
+  size_t in = 0, out = 0, n = *len;
+  for (;;) {
+    char *end;
+    if (in >= n) return false;
+    unsigned long long c = strtoull(b + in, &end, 16);
+    char *crlf = memmem(end, n - (size_t)(end - b), "\r\n", 2);
+    if (end == b + in || !crlf) return false;
+    in = (size_t)(crlf - b) + 2;
+    if (c == 0) break;
+    if (c > n - in || n - in - c < 2) return false;
+    memmove(b + out, b + in, c);
+    out += c;
+    in += c + 2;
+  }
+  b[out] = '\0';
+  *len = out;
+  return true;
+}
+
 int meshctl_http_get(const char *addr, const char *path, int timeout_ms, size_t limit,
                      int *status, char **body, size_t *len, char *why, size_t size) {
+  return meshctl_http_request("GET", addr, path, NULL, 0, timeout_ms, limit, status, body, len, why,
+                              size);
+}
+
+int meshctl_http_request(const char *method, const char *addr, const char *path, const char *rbody,
+                         size_t rlen, int timeout_ms, size_t limit, int *status, char **body,
+                         size_t *len, char *why, size_t size) {
   int64_t deadline = now_ms() + timeout_ms;
   int fd = connect_to(addr, deadline, why, size);
   if (fd < 0) return -1;
-  char req[512];
+  char req[768];
+  char clen_line[64] = "";
+  if (rbody) snprintf(clen_line, sizeof clen_line, "Content-Length: %zu\r\n", rlen);
   int rl = snprintf(req, sizeof req,
-                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: meshctl\r\nAccept: */*\r\n"
-                    "Connection: close\r\n\r\n",
-                    path, addr);
+                    "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: meshctl\r\nAccept: */*\r\n"
+                    "%s%sConnection: close\r\n\r\n",
+                    method, path, addr, rbody ? "Content-Type: application/json\r\n" : "", clen_line);
   size_t sent = 0, cap = HEAD_MAX + limit, n = 0;
   char *buf = NULL;
+  bool chunked = false;
   if (rl < 0 || (size_t)rl >= sizeof req) {
     snprintf(why, size, "%s%s: request too long", addr, path);
     goto fail;
   }
-  while (sent < (size_t)rl) {
-    ssize_t w = send(fd, req + sent, (size_t)rl - sent, MSG_NOSIGNAL);
-    if (w > 0) sent += (size_t)w;
-    else if (w < 0 && errno == EAGAIN && wait_fd(fd, POLLOUT, deadline)) continue;
-    else if (w < 0 && errno == EINTR) continue;
-    else {
-      snprintf(why, size, "%s: sending the request: %s", addr, strerror(errno));
-      goto fail;
+  /* The head, then the body: both go out before the answer is read. */
+  for (int part = 0; part < 2; part++) {
+    const char *p = part ? rbody : req;
+    size_t pl = part ? (rbody ? rlen : 0) : (size_t)rl;
+    for (sent = 0; sent < pl;) {
+      ssize_t w = send(fd, p + sent, pl - sent, MSG_NOSIGNAL);
+      if (w > 0) sent += (size_t)w;
+      else if (w < 0 && errno == EAGAIN && wait_fd(fd, POLLOUT, deadline)) continue;
+      else if (w < 0 && errno == EINTR) continue;
+      else {
+        snprintf(why, size, "%s: sending the request: %s", addr, strerror(errno));
+        goto fail;
+      }
     }
   }
   /* Connection: close, so the answer ends where the stream does (or at Content-Length). */
@@ -125,10 +161,8 @@ int meshctl_http_get(const char *addr, const char *path, int timeout_ms, size_t 
       if (!head_end && (head_end = strstr(buf, "\r\n\r\n"))) {
         for (char *h = strstr(buf, "\r\n"); h && h < head_end; h = strstr(h + 2, "\r\n"))
           if (!strncasecmp(h + 2, "content-length:", 15)) clen = strtoll(h + 17, NULL, 10);
-          else if (!strncasecmp(h + 2, "transfer-encoding:", 18)) {
-            snprintf(why, size, "%s%s: chunked answers are not supported", addr, path);
-            goto fail;
-          }
+          else if (!strncasecmp(h + 2, "transfer-encoding:", 18))
+            chunked = true; /* Connection: close: read to the end, then decode */
       }
       if (!head_end && n > HEAD_MAX) {
         snprintf(why, size, "%s%s: response head larger than %d bytes", addr, path, HEAD_MAX);
@@ -155,6 +189,10 @@ int meshctl_http_get(const char *addr, const char *path, int timeout_ms, size_t 
   if (clen >= 0 && (size_t)clen < bl) bl = (size_t)clen;
   memmove(buf, buf + off, bl);
   buf[bl] = '\0';
+  if (chunked && !unchunk(buf, &bl)) {
+    snprintf(why, size, "%s%s: a malformed chunked answer", addr, path);
+    goto fail;
+  }
   *status = code;
   *body = buf;
   *len = bl;

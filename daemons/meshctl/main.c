@@ -10,6 +10,7 @@
  * meson.build. "help" is handled below, since it reads this table. */
 static const meshctl_command *const commands[] = {
     &meshctl_cmd_validate,
+    &meshctl_cmd_apply, &meshctl_cmd_delete,
     &meshctl_cmd_profile,
     &meshctl_cmd_get,
     &meshctl_cmd_authz,

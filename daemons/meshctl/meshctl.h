@@ -29,6 +29,7 @@ extern const meshctl_command meshctl_cmd_get;
 extern const meshctl_command meshctl_cmd_authz;
 extern const meshctl_command meshctl_cmd_check;
 extern const meshctl_command meshctl_cmd_viz;
+extern const meshctl_command meshctl_cmd_apply, meshctl_cmd_delete;
 
 /* diagnostics endpoints / profile (diag_destination.c): clients of
  * mesh-destination. argv[0] names the subcommand; usage prints the whole
@@ -79,6 +80,11 @@ bool meshctl_manifest_name(const char *name);
  * body (NUL-terminated, freed by the caller), or -1 with why. */
 int meshctl_http_get(const char *addr, const char *path, int timeout_ms, size_t limit,
                      int *status, char **body, size_t *len, char *why, size_t size);
+/* The same with any method and, unless rbody is NULL, an application/json
+ * body of rlen bytes (etcd's JSON gateway). A chunked answer is decoded. */
+int meshctl_http_request(const char *method, const char *addr, const char *path, const char *rbody,
+                         size_t rlen, int timeout_ms, size_t limit, int *status, char **body,
+                         size_t *len, char *why, size_t size);
 
 /* Prints "Run 'meshctl <cmd> --help' for usage." and returns MESHCTL_USAGE. */
 int meshctl_usage_error(const char *prog);

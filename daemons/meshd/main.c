@@ -4,11 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/event.h>
 
 #include <mesh/mesh.h>
+
+#include "daemon_log.h"
 
 enum {
   OPT_OUTBOUND = 256, OPT_INBOUND, OPT_ADMIN, OPT_PORT_MAP, OPT_ENDPOINTS, OPT_IDENTITY_DIR,
@@ -18,8 +19,8 @@ enum {
   OPT_MAX_HEADER_FIELDS, OPT_OPAQUE_PORTS, OPT_PROFILES, OPT_POLICY, OPT_WORKLOAD_NS,
   OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_MAX_IN_FLIGHT, OPT_DESTINATION,
   OPT_DESTINATION_ID, OPT_IDENTITY_ADDR, OPT_IDENTITY_TOKEN_FILE, OPT_SERVICE_ACCOUNT,
-  OPT_IDENTITY_SVC_NAME, OPT_WORKLOAD_NAME, OPT_OUTBOUND_FAILFAST, OPT_INBOUND_FAILFAST, OPT_OUTBOUND_QUEUE,
-  OPT_INBOUND_QUEUE
+  OPT_IDENTITY_SVC_NAME, OPT_WORKLOAD_NAME, OPT_OUTBOUND_FAILFAST, OPT_INBOUND_FAILFAST,
+  OPT_OUTBOUND_QUEUE, OPT_INBOUND_QUEUE
 };
 
 static const struct option LONG[] = {
@@ -202,19 +203,6 @@ static uint32_t head_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
  * the file credentials once every flag is in. */
 static const char *identity_addr, *identity_token_file, *service_account, *identity_svc_name;
 static int identity_dir_given;
-
-static void log_stderr(void *ud, int level, const char *line) {
-  (void)ud;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  const char *l = level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN"
-                  : level <= MESH_LOG_INFO ? "INFO" : "DEBUG";
-  fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s meshd: %s\n", tm.tm_year + 1900,
-          tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, l,
-          line);
-}
 
 typedef struct {
   struct event_base *base;
@@ -425,7 +413,7 @@ int main(int argc, char **argv) {
     }
     mesh_proxy_opts_set_credential_files(o, cert, key, anchors);
   }
-  mesh_ctx_set_log(ctx, log_level, log_stderr, NULL);
+  mesh_ctx_set_log(ctx, log_level, daemon_log_lib, "meshd: ");
   signal(SIGPIPE, SIG_IGN);
 
   daemon_state d = {event_base_new(), NULL};
@@ -447,7 +435,7 @@ int main(int argc, char **argv) {
     sig[i] = evsignal_new(d.base, sigs[i], on_signal, &d);
     evsignal_add(sig[i], NULL);
   }
-  if (log_level >= MESH_LOG_INFO) log_stderr(NULL, MESH_LOG_INFO, "running (one event loop, one worker thread)");
+  if (log_level >= MESH_LOG_INFO) daemon_log("INFO", "meshd: running (one event loop, one worker thread)");
   event_base_dispatch(d.base);
   for (int i = 0; i < 4; i++) event_free(sig[i]);
   mesh_proxy_free(d.proxy);

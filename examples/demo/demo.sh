@@ -191,11 +191,13 @@ for w in "${WORKLOADS[@]}"; do
   done
   inbound=$addr:$INBOUND_PORT
   [ "$port" = - ] && inbound=""
-  start "$name-proxy" env MESH_PROXY_WORKLOAD_NAMESPACE="$ns" "$build/daemons/meshd/meshd" \
+  # Identity from mesh-identity; endpoints, profiles and inbound policy
+  # from mesh-destination (the policy of the Workload it names).
+  start "$name-proxy" "$build/daemons/meshd/meshd" \
+    --workload-namespace "$ns" --workload-name "$name" --service-account "$sa" \
     --identity-addr "$DEMO_CP:$DEMO_IDENTITY_PORT" --identity-token-file "$DEMO_DIR/tokens/$name" \
-    --service-account "$sa" --anchors "$DEMO_DIR/identity/ca.crt" \
-    --destination-addr "$DEMO_CP:$DEMO_DESTINATION_PORT" --policy "$store" \
-    --workload-labels "app=$name" --inbound-listen-addr "$inbound" --inbound-forward-ip "$addr" --outbound-listen-addr "" \
+    --anchors "$DEMO_DIR/identity/ca.crt" --destination-addr "$DEMO_CP:$DEMO_DESTINATION_PORT" \
+    --inbound-listen-addr "$inbound" --inbound-forward-ip "$addr" --outbound-listen-addr "" \
     --admin-listen-addr "$addr:$ADMIN_PORT" "${maps[@]}"
   proxies+=(--proxy "$addr:$ADMIN_PORT")
   case $name in

@@ -272,6 +272,27 @@ MESH_API const char *mesh_store_last_error(const mesh_store *st);
 /* Milliseconds (monotonic clock) of the last snapshot swap. */
 MESH_API uint64_t mesh_store_last_change_ms(const mesh_store *st);
 
+/* ---- The fed store ------------------------------------------------------ */
+
+/* A store whose manifests its caller hands over (an etcd watch), with the
+ * naming options of opts (its directory and debounce are not used) and
+ * name for its log lines ("etcd /libmesh/"; copied). It starts with an
+ * empty snapshot (generation 1). mesh_store_reload and mesh_store_watch
+ * refuse it (MESH_ERR_INVALID); everything else is as for a directory.
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+MESH_API int mesh_store_new_fed(mesh_ctx *ctx, const mesh_store_opts *opts, const char *name,
+                                mesh_store **ret);
+/* Replace the whole set of manifests with n buffers: bufs[i], lens[i]
+ * bytes, named sources[i] in diagnostics and mesh_snapshot_source (a file
+ * name, an etcd key), in that order; nothing is kept after the call.
+ * The same checks, swap and results as mesh_store_reload: 0 when a new
+ * snapshot took over or nothing changed (the same names and bytes),
+ * MESH_ERR_PARSE / MESH_ERR_LIMIT (a bad manifest, or more than
+ * MESH_STORE_MAX_FILES) keeping the current snapshot and the error,
+ * MESH_ERR_INVALID (NULLs, or a directory store), MESH_ERR_NOMEM. */
+MESH_API int mesh_store_load_buffers(mesh_store *st, size_t n, const char *const *sources,
+                                     const char *const *bufs, const size_t *lens);
+
 MESH_END_DECLS
 
 #endif

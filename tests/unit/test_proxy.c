@@ -333,6 +333,14 @@ START_TEST(options) {
   ck_assert_int_eq(mesh_proxy_opts_set_buffer_bytes(o, 100), MESH_ERR_RANGE);
   ck_assert_int_eq(mesh_proxy_opts_set_buffer_bytes(o, 65536), 0);
   ck_assert_int_eq(mesh_proxy_opts_set_connect_timeout(NULL, 1), MESH_ERR_INVALID);
+  /* Fail-fast: either side, never 0 (a request must be able to wait at all). */
+  ck_assert_int_eq(mesh_proxy_opts_set_failfast_timeout(o, 0, 3000), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_failfast_timeout(o, 1, 1), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_failfast_timeout(o, 1, 0), MESH_ERR_RANGE);
+  ck_assert_int_eq(mesh_proxy_opts_set_failfast_timeout(NULL, 0, 1), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh_proxy_opts_set_queue_capacity(o, 0, 1), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_queue_capacity(o, 0, 0), MESH_ERR_RANGE);
+  ck_assert_int_eq(mesh_proxy_opts_set_queue_capacity(NULL, 1, 5), MESH_ERR_INVALID);
   /* Self-certification: an address the rpc client can dial without a
    * resolver, a service account that can be part of an identity. */
   ck_assert_int_eq(mesh_proxy_opts_set_identity_service(o, "127.0.0.1:8080", "t", "web", "ca", &why), 0);

@@ -1,4 +1,4 @@
-/* Unit tests of the store: snapshots, Services and Workloads, resolution, messages, the watched directory. */
+/* Unit tests of the store: snapshots, Services and Workloads, resolution, messages, the watched directory, the fed store. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1036,6 +1036,82 @@ START_TEST(inotify_reload) {
 }
 END_TEST
 
+/* ---- The fed store: the whole set handed over, as the etcd backend does ---- */
+
+static int count_changes(mesh_store *st) { return (int)mesh_store_reloads_ok(st); }
+
+START_TEST(fed_store) {
+  test_alloc a;
+  mesh_ctx *ctx = test_ctx(&a);
+  mesh_store_opts *o = NULL;
+  ck_assert_int_eq(mesh_store_opts_new(ctx, &o), 0);
+  mesh_store *st = NULL;
+  ck_assert_int_eq(mesh_store_new_fed(ctx, o, NULL, &st), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh_store_new_fed(ctx, o, "etcd /libmesh/", &st), 0);
+  /* Empty at first; no directory to read or watch. */
+  mesh_snapshot *s = mesh_store_snapshot(st);
+  ck_assert_uint_eq(mesh_snapshot_generation(s), 1);
+  ck_assert_uint_eq(mesh_snapshot_count(s), 0);
+  mesh_snapshot_unref(s);
+  ck_assert_int_eq(mesh_store_reload(st), MESH_ERR_INVALID);
+  ck_assert_int_eq(mesh_store_load_buffers(st, 1, NULL, NULL, NULL), MESH_ERR_INVALID);
+  const char *wl = WL("a", "127.0.0.2", "");
+  const char *src[] = {"/libmesh/s.yaml", "/libmesh/w.yaml"};
+  const char *bufs[] = {SERVICES, wl};
+  size_t lens[] = {strlen(SERVICES), strlen(wl)};
+  ck_assert_int_eq(mesh_store_load_buffers(st, 2, src, bufs, lens), 0);
+  ck_assert_uint_eq(endpoints_of(st, "web.shop:80"), 1);
+  ck_assert_int_eq(count_changes(st), 1);
+  s = mesh_store_snapshot(st);
+  ck_assert_uint_eq(mesh_snapshot_generation(s), 2);
+  ck_assert_str_eq(mesh_snapshot_source(s, mesh_snapshot_count(s) - 1), "/libmesh/w.yaml");
+  mesh_snapshot_unref(s);
+  /* The same names and bytes: nothing happens. */
+  ck_assert_int_eq(mesh_store_load_buffers(st, 2, src, bufs, lens), 0);
+  ck_assert_int_eq(count_changes(st), 1);
+  /* A bad value: refused with its key, line and column; the last good state stays. */
+  const char *bad = "apiVersion: mesh.libmesh.io/v1alpha1\nkind: Workload\n"
+                    "metadata: {name: c, namespace: shop}\nspec: {address: nope}\n";
+  const char *src3[] = {"/libmesh/s.yaml", "/libmesh/w.yaml", "/libmesh/x.yaml"};
+  const char *bufs3[] = {SERVICES, wl, bad};
+  size_t lens3[] = {strlen(SERVICES), strlen(wl), strlen(bad)};
+  ck_assert_int_eq(mesh_store_load_buffers(st, 3, src3, bufs3, lens3), MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh_store_failing(st), 1);
+  ck_assert_uint_eq(mesh_store_reloads_failed(st), 1);
+  ck_assert_ptr_nonnull(strstr(mesh_store_last_error(st), "/libmesh/x.yaml:4:"));
+  ck_assert_uint_eq(endpoints_of(st, "web.shop:80"), 1);
+  /* Back to what is served: no longer failing, nothing swapped. */
+  ck_assert_int_eq(mesh_store_load_buffers(st, 2, src, bufs, lens), 0);
+  ck_assert_int_eq(mesh_store_failing(st), 0);
+  ck_assert_int_eq(count_changes(st), 1);
+  /* A key removed is a change. */
+  ck_assert_int_eq(mesh_store_load_buffers(st, 1, src, bufs, lens), 0);
+  ck_assert_uint_eq(endpoints_of(st, "web.shop:80"), 0);
+  ck_assert_int_eq(count_changes(st), 2);
+  mesh_store_free(st);
+  mesh_store_opts_free(o);
+  ck_assert_int_eq(a.live, 1);
+  mesh_ctx_free(ctx);
+}
+END_TEST
+
+static int op_fed(mesh_ctx *ctx, void *arg) {
+  mesh_store_opts *o = NULL;
+  mesh_store *st = NULL;
+  int rc = mesh_store_opts_new(ctx, &o);
+  if (rc == 0) rc = mesh_store_new_fed(ctx, o, "etcd", &st);
+  const char *src[] = {"s.yaml"}, *bufs[] = {SERVICES};
+  size_t lens[] = {strlen(SERVICES)};
+  if (rc == 0) rc = mesh_store_load_buffers(st, 1, src, bufs, lens);
+  if (rc == 0 && mesh_store_reloads_ok(st) != 1) rc = MESH_ERR_INVALID;
+  mesh_store_free(st);
+  mesh_store_opts_free(o);
+  return rc;
+}
+
+START_TEST(fed_allocation_failures) { ck_assert_int_gt(test_alloc_failures(op_fed, NULL), 10); }
+END_TEST
+
 static Suite *make_suite(void) {
   Suite *s = suite_create("store");
   TCase *tc = tcase_create("snapshot");
@@ -1053,6 +1129,8 @@ static Suite *make_suite(void) {
   TCase *dirs = tcase_create("directory");
   tcase_add_test(dirs, directory_reloads);
   tcase_add_test(dirs, inotify_reload);
+  tcase_add_test(dirs, fed_store);
+  tcase_add_test(dirs, fed_allocation_failures);
   suite_add_tcase(s, dirs);
   return s;
 }
