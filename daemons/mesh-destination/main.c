@@ -4,7 +4,6 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include <mesh/rpc.h>
 #include <mesh/store.h>
 
+#include "daemon_log.h"
 #include "dns.h"
 #include "etcd.h"
 
@@ -78,28 +78,8 @@ struct watch {
 
 /* ---- Logging ----------------------------------------------------------- */
 
-static void logmsg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logmsg(const char *level, const char *fmt, ...) {
-  char ts[32];
-  struct timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  struct tm tm;
-  gmtime_r(&now.tv_sec, &tm);
-  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "%s.%03ldZ %-5s ", ts, now.tv_nsec / 1000000, level);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
-static void lib_log(void *ud, int level, const char *line) {
-  logmsg(level <= MESH_LOG_ERROR ? "ERROR" : level <= MESH_LOG_WARN ? "WARN" : "INFO", "libmesh: %s",
-         line);
-}
-
-static void dns_log(const char *level, const char *line) { logmsg(level, "%s", line); }
+/* The resolver and the etcd client log through this, in the daemons' format. */
+static void dns_log(const char *level, const char *line) { daemon_log(level, "%s", line); }
 
 /* ---- Streams ------------------------------------------------------------ */
 
@@ -143,7 +123,7 @@ static void send_line(watch *w, const char *line, size_t len) {
   int rc = mesh_rpc_send_n(w->call, line, len);
   if (rc < 0) {
     w->dead = true;
-    logmsg("INFO", "stream %s for %s stopped: %s", kind_names[w->kind], w->path, mesh_strerror(rc));
+    daemon_log("INFO", "stream %s for %s stopped: %s", kind_names[w->kind], w->path, mesh_strerror(rc));
     return;
   }
   mesh_metrics_inc(w->d->updates, 1);
@@ -268,9 +248,9 @@ static void on_store_change(void *ud, mesh_store *st) {
   mesh_snapshot *snap = mesh_store_snapshot(st);
   size_t n = 0;
   if (d->dns && dst_dns_set_snapshot(d->dns, snap) < 0)
-    logmsg("WARN", "out of memory: DNS goes by the namespaces of an older snapshot");
+    daemon_log("WARN", "out of memory: DNS goes by the namespaces of an older snapshot");
   for (watch *w = d->watches; w; w = w->next, n++) refresh(w, snap);
-  logmsg("INFO", "store generation %llu: %zu documents, %zu streams updated",
+  daemon_log("INFO", "store generation %llu: %zu documents, %zu streams updated",
          (unsigned long long)mesh_snapshot_generation(snap), mesh_snapshot_count(snap), n);
   mesh_snapshot_unref(snap);
 }
@@ -369,7 +349,7 @@ static void on_request(daemon_state *d, mesh_rpc_call *call, bool profile) {
              rc == MESH_ERR_PARSE ? "not an authority (host:port)"
              : rc == MESH_ERR_LIMIT ? "every name DNS may hold is watched (--dns-max-names): retry later"
                                     : mesh_strerror(rc));
-    if (rc == MESH_ERR_LIMIT) logmsg("WARN", "Get refused: %s", why);
+    if (rc == MESH_ERR_LIMIT) daemon_log("WARN", "Get refused: %s", why);
     mesh_rpc_reply_error(call, rc == MESH_ERR_PARSE ? 400 : rc == MESH_ERR_LIMIT ? 429 : 500,
                          rc == MESH_ERR_PARSE   ? MESH_RPC_CODE_INVALID_ARGUMENT
                          : rc == MESH_ERR_LIMIT ? MESH_RPC_CODE_RESOURCE_EXHAUSTED
@@ -497,10 +477,10 @@ static bool load_tls(daemon_state *d, const char *trigger) {
   if (!rc) rc = mesh_tls_config_new(o, &why, &cfg);
   if (!rc) rc = d->creds ? mesh_tls_creds_set(d->creds, cfg) : mesh_tls_creds_new(d->ctx, cfg, &d->creds);
   if (rc < 0) {
-    logmsg("ERROR", "--identity-dir %s (%s): %s%s", d->identity_dir, trigger,
+    daemon_log("ERROR", "--identity-dir %s (%s): %s%s", d->identity_dir, trigger,
            *err ? err : why ? why : mesh_strerror(rc), d->creds ? "; the previous certificate stays" : "");
   } else {
-    logmsg("INFO", "serving as %s (%s)", mesh_identity_dns(mesh_tls_config_identity(cfg)), trigger);
+    daemon_log("INFO", "serving as %s (%s)", mesh_identity_dns(mesh_tls_config_identity(cfg)), trigger);
   }
   mesh_tls_config_unref(cfg);
   mesh_tls_opts_free(o);
@@ -604,7 +584,7 @@ static bool metrics_setup(daemon_state *d) {
   if (!rc) rc = mesh_metrics_series(streams, &policy, 1, &d->streams_policy);
   if (!rc) rc = mesh_metrics_series(updates, NULL, 0, &d->updates);
   if (!rc) rc = mesh_metrics_process(d->metrics);
-  if (rc) logmsg("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
+  if (rc) daemon_log("ERROR", "cannot set up the metrics: %s", mesh_strerror(rc));
   return rc == 0;
 }
 
@@ -695,13 +675,13 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
   char host[256];
   uint16_t port;
   if (!split_addr(addr, host, sizeof host, &port)) {
-    logmsg("ERROR", "--admin %s: expected HOST:PORT", addr);
+    daemon_log("ERROR", "--admin %s: expected HOST:PORT", addr);
     return NULL;
   }
   struct evhttp *http = evhttp_new(d->base);
   struct evhttp_bound_socket *s = http ? evhttp_bind_socket_with_handle(http, host, port) : NULL;
   if (!s) {
-    logmsg("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
+    daemon_log("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
     if (http) evhttp_free(http);
     return NULL;
   }
@@ -717,7 +697,7 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
     uint16_t bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                               : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    logmsg("INFO", "admin (/metrics /ready /live /store) listening on %s:%u",
+    daemon_log("INFO", "admin (/metrics /ready /live /store) listening on %s:%u",
            strchr(host, ':') ? "[::]" : host, bound);
   }
   return http;
@@ -733,7 +713,7 @@ static void on_signal(evutil_socket_t sig, short what, void *ud) {
     if (d->identity_dir) load_tls(d, "SIGHUP");
     return;
   }
-  logmsg("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  daemon_log("INFO", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   event_base_loopexit(d->base, NULL);
 }
 
@@ -949,21 +929,21 @@ int main(int argc, char **argv) {
   struct evhttp *http = NULL;
   struct event *sigs[3] = {NULL};
   if (mesh_ctx_new(&d.ctx) < 0 || !(d.base = event_base_new())) {
-    logmsg("ERROR", "out of memory");
+    daemon_log("ERROR", "out of memory");
     goto done;
   }
-  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, lib_log, NULL);
+  mesh_ctx_set_log(d.ctx, MESH_LOG_INFO, daemon_log_lib, "libmesh: ");
   if (!metrics_setup(&d)) goto done;
   if ((rc = mesh_store_opts_new(d.ctx, &so)) < 0 || (dir && (rc = mesh_store_opts_set_dir(so, dir)) < 0) ||
       (rc = mesh_diags_new(d.ctx, &diags)) < 0) {
-    logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
+    daemon_log("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
     goto done;
   }
   if ((cd && mesh_store_opts_set_cluster_domain(so, cd) < 0) ||
       (td && mesh_store_opts_set_trust_domain(so, td) < 0) ||
       (ns && mesh_store_opts_set_cp_namespace(so, ns) < 0) ||
       (debounce >= 0 && mesh_store_opts_set_debounce_ms(so, (uint32_t)debounce) < 0)) {
-    logmsg("ERROR", "--cluster-domain and --trust-domain are DNS names, --identity-namespace a "
+    daemon_log("ERROR", "--cluster-domain and --trust-domain are DNS names, --identity-namespace a "
                     "DNS label");
     goto done;
   }
@@ -975,32 +955,32 @@ int main(int argc, char **argv) {
                         .debounce_ms = debounce >= 0 ? (uint32_t)debounce : MESH_STORE_DEFAULT_DEBOUNCE_MS,
                         .log = dns_log};
     if ((rc = mesh_store_new_fed(d.ctx, so, name, &d.store)) < 0) {
-      logmsg("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
+      daemon_log("ERROR", "cannot set up the store: %s", mesh_strerror(rc));
       goto done;
     }
     mesh_store_on_change(d.store, on_store_change, &d);
     if ((rc = dst_etcd_new(d.base, d.store, &eo, dns_err, sizeof dns_err, &d.etcd)) < 0) {
-      logmsg("ERROR", "--etcd-endpoints %s: %s", etcd, rc == MESH_ERR_INVALID ? dns_err : mesh_strerror(rc));
+      daemon_log("ERROR", "--etcd-endpoints %s: %s", etcd, rc == MESH_ERR_INVALID ? dns_err : mesh_strerror(rc));
       goto done;
     }
-    logmsg("INFO", "store: etcd %s, keys under %s", etcd, etcd_prefix ? etcd_prefix : DST_ETCD_DEFAULT_PREFIX);
+    daemon_log("INFO", "store: etcd %s, keys under %s", etcd, etcd_prefix ? etcd_prefix : DST_ETCD_DEFAULT_PREFIX);
   } else if ((rc = mesh_store_new(d.ctx, so, diags, &d.store)) < 0) {
     for (size_t i = 0; i < mesh_diags_count(diags); i++)
-      logmsg("ERROR", "%s", mesh_diags_text(diags, i));
-    logmsg("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
+      daemon_log("ERROR", "%s", mesh_diags_text(diags, i));
+    daemon_log("ERROR", "--store-dir %s: cannot load the store: %s", dir, mesh_strerror(rc));
     goto done;
   }
   for (size_t i = 0; i < mesh_diags_count(diags); i++)
-    logmsg("WARN", "%s", mesh_diags_text(diags, i));
+    daemon_log("WARN", "%s", mesh_diags_text(diags, i));
   mesh_snapshot *snap;
   if (dir) {
     mesh_store_on_change(d.store, on_store_change, &d);
     if ((rc = mesh_store_watch(d.store, d.base)) < 0) {
-      logmsg("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
+      daemon_log("ERROR", "--store-dir %s: cannot watch: %s: %s", dir, mesh_strerror(rc), strerror(errno));
       goto done;
     }
     snap = mesh_store_snapshot(d.store);
-    logmsg("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
+    daemon_log("INFO", "store %s loaded: %zu documents", dir, mesh_snapshot_count(snap));
     mesh_snapshot_unref(snap);
   }
 
@@ -1012,17 +992,17 @@ int main(int argc, char **argv) {
                           .metrics = d.metrics,
                           .log = dns_log};
     if (dst_dns_new(d.base, &dopts, dns_err, sizeof dns_err, &d.dns) < 0) {
-      logmsg("ERROR", "cannot set up the DNS fallback: %s", dns_err);
+      daemon_log("ERROR", "cannot set up the DNS fallback: %s", dns_err);
       goto done;
     }
     snap = mesh_store_snapshot(d.store);
     rc = dst_dns_set_snapshot(d.dns, snap);
     mesh_snapshot_unref(snap);
     if (rc < 0) {
-      logmsg("ERROR", "cannot set up the DNS fallback: %s", mesh_strerror(rc));
+      daemon_log("ERROR", "cannot set up the DNS fallback: %s", mesh_strerror(rc));
       goto done;
     }
-    logmsg("INFO", "names outside the store and the cluster domain are resolved by DNS (%s)",
+    daemon_log("INFO", "names outside the store and the cluster domain are resolved by DNS (%s)",
            *dns_servers ? dns_servers : "the servers of /etc/resolv.conf");
   }
   if (identity_dir && !load_tls(&d, "start")) goto done;
@@ -1033,16 +1013,16 @@ int main(int argc, char **argv) {
       (rc = mesh_rpc_server_handle(srv, GET_PATH, on_get, &d)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, PROFILE_PATH, on_profile, &d)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, POLICY_PATH, on_policy, &d)) < 0) {
-    logmsg("ERROR", "cannot set up the Destination server: %s", mesh_strerror(rc));
+    daemon_log("ERROR", "cannot set up the Destination server: %s", mesh_strerror(rc));
     goto done;
   }
   uint16_t port = 0;
   if ((rc = mesh_rpc_server_listen(srv, listen, &port)) < 0) {
-    logmsg("ERROR", "--listen %s: %s%s%s", listen, mesh_strerror(rc), rc == MESH_ERR_IO ? ": " : "",
+    daemon_log("ERROR", "--listen %s: %s%s%s", listen, mesh_strerror(rc), rc == MESH_ERR_IO ? ": " : "",
            rc == MESH_ERR_IO ? strerror(errno) : "");
     goto done;
   }
-  logmsg("INFO", "Destination (Get, GetProfile) and InboundServerPolicies (WatchWorkload) "
+  daemon_log("INFO", "Destination (Get, GetProfile) and InboundServerPolicies (WatchWorkload) "
                  "listening on %.*s:%u over %s",
          (int)(strrchr(listen, ':') - listen), listen, port,
          !d.creds ? "plaintext HTTP/2"
@@ -1073,6 +1053,6 @@ done:
   metrics_free(&d);
   if (d.base) event_base_free(d.base);
   mesh_ctx_free(d.ctx);
-  if (status == 0) logmsg("INFO", "stopped");
+  if (status == 0) daemon_log("INFO", "stopped");
   return status;
 }
