@@ -511,6 +511,12 @@ int mesh__discovery_stream(mesh_discovery *d, const char *path, const char *body
   return rc ? rc : mesh_rpc_client_stream(d->cl, path, body, strlen(body), message_fn, end_fn, ud, ret);
 }
 
+int mesh__discovery_call(mesh_discovery *d, const char *path, const char *body, uint32_t timeout_ms,
+                         mesh_rpc_reply_fn on_reply, void *ud) {
+  int rc = client(d);
+  return rc ? rc : mesh_rpc_client_call(d->cl, path, body, strlen(body), timeout_ms, on_reply, ud);
+}
+
 static void open_stream(watch *w) {
   auth *a = w->a;
   mesh_discovery *d = a->d;

@@ -155,6 +155,12 @@ void mesh__discovery_wait_cancel(disc_wait *w); /* NULL is a no-op */
 size_t mesh__discovery_authorities(const mesh_discovery *d);
 mesh_ctx *mesh__discovery_ctx(const mesh_discovery *d);
 
+/* A unary call of another module (registrations) over the same client:
+ * as mesh_rpc_client_call; MESH_ERR_UNAVAILABLE while mTLS has no
+ * credentials yet. */
+int mesh__discovery_call(mesh_discovery *d, const char *path, const char *body, uint32_t timeout_ms,
+                         mesh_rpc_reply_fn on_reply, void *ud);
+
 /* A stream of another module (the policy stream) over the client's one
  * connection: POST body (JSON text) to path; callbacks as
  * mesh_rpc_client_stream. MESH_ERR_UNAVAILABLE while mTLS has no

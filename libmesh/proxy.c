@@ -104,6 +104,7 @@ void mesh_proxy_opts_free(mesh_proxy_opts *o) {
   mesh__free(ctx, o->policy_dir);
   mesh__free(ctx, o->workload_ns);
   mesh__free(ctx, o->workload_name);
+  mesh__free(ctx, o->reg_ports);
   mesh__free(ctx, o->labels_str);
   mesh__free(ctx, o->labels_buf);
   mesh__free(ctx, o->cluster_networks);
@@ -528,6 +529,7 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
       set_str(ctx, &o->policy_dir, s->policy_dir) ||
       set_str(ctx, &o->workload_ns, s->workload_ns) ||
       set_str(ctx, &o->workload_name, s->workload_name) ||
+      set_str(ctx, &o->reg_ports, s->reg_ports) ||
       set_str(ctx, &o->labels_str, s->labels_str) ||
       set_str(ctx, &o->cluster_networks, s->cluster_networks) ||
       set_str(ctx, &o->identity_dir, s->identity_dir) || set_str(ctx, &o->cert, s->cert) ||
@@ -545,6 +547,8 @@ static int opts_copy(const mesh_proxy_opts *s, mesh_proxy_opts **ret) {
     if (!o->maps[i].listen || !o->maps[i].authority) goto nomem;
   }
   o->allow_unauth = s->allow_unauth;
+  o->reg_on = s->reg_on;
+  o->reg_lease_s = s->reg_lease_s;
   memcpy(o->inbound_host, s->inbound_host, sizeof o->inbound_host);
   o->inbound_ip = s->inbound_ip;
   o->inbound_iplen = s->inbound_iplen;
@@ -828,6 +832,7 @@ int mesh__proxy_creds_install(mesh_proxy *p, const char *chain, size_t chain_len
     if (p->disc && !mesh_tls_opts_set_alpn(o, "h2") && !mesh_tls_config_new(o, &dwhy, &dc))
       mesh__discovery_set_tls(p->disc, dc, NULL);
     mesh_tls_config_unref(dc);
+    mesh__proxy_register_kick(p->reg); /* it waited for an identity to present */
   }
   mesh_tls_config_unref(cfg);
   mesh_tls_opts_free(o);
@@ -1094,15 +1099,22 @@ static void on_grace(evutil_socket_t fd, short what, void *arg) {
   mesh__proxy_drain_check(p);
 }
 
-void mesh_proxy_shutdown(mesh_proxy *p) {
-  if (!p || p->shutting_down) return;
-  p->shutting_down = 1;
+static void shutdown_drain(mesh_proxy *p) {
   mesh__log(p->ctx, MESH_LOG_INFO, "shutting down: %u connections to drain within %u ms",
             (unsigned)p->nconns, (unsigned)p->o->grace_ms);
   listeners_close(p);
   mesh__proxy_http_shutdown(p);
   mesh__proxy_timer(p->grace_timer, p->o->grace_ms);
   mesh__proxy_drain_check(p);
+}
+
+void mesh_proxy_shutdown(mesh_proxy *p) {
+  if (!p || p->shutting_down) return;
+  p->shutting_down = 1;
+  /* Out of the endpoints first, so that clients stop picking this proxy
+   * before its listeners close: draining waits for the Deregister answer. */
+  if (mesh__proxy_register_stop(p->reg, shutdown_drain)) return;
+  shutdown_drain(p);
 }
 
 static int metrics_init(mesh_proxy *p) {
@@ -1231,6 +1243,8 @@ int mesh_proxy_new(mesh_ctx *ctx, struct event_base *base, const mesh_proxy_opts
     if ((rc = listener_open(p, LST_PORT_MAP, p->o->maps[i].listen, p->o->maps[i].authority, why)))
       goto fail;
   if (*p->o->admin_addr && (rc = mesh__proxy_admin_start(p, why))) goto fail;
+  /* After the listeners: the registration carries their ports. */
+  if (p->o->reg_on && (rc = mesh__proxy_register_start(p, why, &p->reg))) goto fail;
   mesh__proxy_timer(p->poll_timer, POLL_MS);
   *ret = p;
   return 0;
@@ -1256,7 +1270,9 @@ void mesh_proxy_free(mesh_proxy *p) {
   if (p->grace_timer) event_free(p->grace_timer);
   if (p->finish_timer) event_free(p->finish_timer);
   mesh__proxy_policy_stream_free(p); /* its stream is one of discovery's client */
+  mesh__proxy_register_detach(p->reg); /* its call is one of discovery's client */
   mesh__discovery_free(p->disc); /* after the requests and connections: they hold its sets */
+  mesh__proxy_register_free(p->reg);
   mesh__proxy_snapshot_unref(p->snap);
   mesh__proxy_profiles_unref(p->profiles);
   mesh_policy_unref(p->policy);

@@ -37,6 +37,11 @@ struct mesh_proxy_opts {
    * default for ports no Server selects, the cluster networks. */
   char *policy_dir, *workload_ns, *labels_str, *labels_buf, *cluster_networks;
   char *workload_name; /* the Workload in the store: the policy stream's (NULL: none) */
+  /* Registration with mesh-destination (proxy_register.c): on, its lease,
+   * the application's ports "name=port,..." (NULL: none). */
+  int reg_on;
+  uint32_t reg_lease_s;
+  char *reg_ports;
   mesh_policy_label labels[MESH_PROXY_LABELS_MAX];
   size_t nlabels;
   int32_t default_policy;
@@ -103,6 +108,7 @@ struct mesh_proxy {
   proxy_snapshot *snap;
   struct mesh_discovery *disc; /* mesh-destination's Get streams (discovery.c); NULL: none */
   struct proxy_identity *ident; /* Certify with mesh-identity (proxy_identity.c); NULL: files */
+  struct proxy_register *reg;   /* the Workload's registration (proxy_register.c); NULL: none */
   struct proxy_profiles *profiles; /* ServiceProfiles and TrafficSplits (proxy_profiles.c) */
   uint64_t prof_stamp;
   mesh_policy *policy; /* inbound authorization (proxy_policy.c); NULL: everything allowed */
@@ -231,6 +237,23 @@ int mesh__proxy_creds_install(mesh_proxy *p, const char *chain, size_t chain_len
  * is a no-op. */
 int mesh__proxy_identity_start(mesh_proxy *p, const char **why, struct proxy_identity **ret);
 void mesh__proxy_identity_free(struct proxy_identity *id);
+
+/* proxy_register.c: register the Workload (o->workload_ns/name, the
+ * inbound listener's address) with mesh-destination over discovery's
+ * client, now or at the first certificate (kick), and renew at a third of
+ * the lease, retrying with backoff. MESH_ERR_INVALID (with *why: no
+ * destination, no workload name, or an inbound listener on a wildcard
+ * address), MESH_ERR_NOMEM. stop: no more renewals; when registered, a
+ * Deregister is sent and then(p) runs once it is answered (or after 1 s):
+ * 1; otherwise 0 and then is not called. detach: before discovery's
+ * client is freed (its pending callbacks then do nothing); free: after.
+ * NULL is a no-op for kick, stop, detach and free. */
+typedef struct proxy_register proxy_register;
+int mesh__proxy_register_start(mesh_proxy *p, const char **why, proxy_register **ret);
+void mesh__proxy_register_kick(proxy_register *r);
+int mesh__proxy_register_stop(proxy_register *r, void (*then)(mesh_proxy *p));
+void mesh__proxy_register_detach(proxy_register *r);
+void mesh__proxy_register_free(proxy_register *r);
 
 /* proxy_admin.c */
 int mesh__proxy_admin_start(mesh_proxy *p, const char **why);

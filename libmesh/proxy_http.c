@@ -28,6 +28,12 @@ enum { REQ = 0, RSP = 1 };
 #define REPLAY_MAX 65536u
 /* Attempts of one request, whatever the budget says. */
 #define ATTEMPTS_MAX 10u
+/* A gRPC response that could still fail in its trailers is held from the
+ * caller while its body fits this (Linkerd buffers gRPC responses for
+ * retries similarly), and at most this long once its first message is
+ * complete without the trailers: a stream that goes on is let through. */
+#define HOLD_MAX 65536u
+#define HOLD_MS 100u
 
 typedef struct hsrv hsrv;
 typedef struct hreq hreq;
@@ -96,6 +102,15 @@ struct hreq {
   const mesh_route *route;
   struct evbuffer *replay;  /* the request body so far, while it fits REPLAY_MAX */
   struct evbuffer *rest;    /* response bytes left when the upstream stream went first */
+  /* A held response (holding): its head and body so far, kept from the
+   * caller until its trailers say whether it is a failure to retry;
+   * hold_cut: why a response was let through before them (its failure is
+   * then counted as a retry skipped for that reason). */
+  unsigned holding : 1, htimer_on : 1;
+  mh_head hhead;
+  struct evbuffer *hold;
+  struct event *htimer;
+  const char *hold_cut;
   char dst_key[300], backend[300];
   int status;
   char authority[300], target[64], server_id[256];
@@ -468,6 +483,16 @@ void mesh__proxy_http_kick(mesh_proxy *p) {
   if (p->hq && p->hq->head) event_active(p->hq->kick_ev, EV_TIMEOUT, 1);
 }
 
+/* A held response goes with its stream: nothing of it reached the caller. */
+static void hold_drop(hreq *r) {
+  r->holding = 0;
+  if (r->htimer_on) event_del(r->htimer);
+  r->htimer_on = 0;
+  mh_head_clear(&r->hhead);
+  if (r->hold) evbuffer_drain(r->hold, evbuffer_get_length(r->hold));
+  r->buf[RSP] = NULL; /* the codec's, freed with the stream */
+}
+
 static void upstream_release(hreq *r) {
   if (r->us) {
     mh_stream_reset(r->us, 0);
@@ -477,6 +502,7 @@ static void upstream_release(hreq *r) {
     mesh__pool_done(r->pool, r->uc);
     r->uc = NULL;
   }
+  if (r->holding) hold_drop(r);
 }
 
 static void req_free(hreq *r) {
@@ -487,6 +513,7 @@ static void req_free(hreq *r) {
   if (r->atimer) event_free(r->atimer);
   if (r->btimer) event_free(r->btimer);
   if (r->itimer) event_free(r->itimer);
+  if (r->htimer) event_free(r->htimer);
   mesh__discovery_wait_cancel(r->dw);
   upstream_release(r);
   if (r->ss) mh_stream_reset(r->ss, 0);
@@ -497,8 +524,10 @@ static void req_free(hreq *r) {
   else if (r->up_bev) bufferevent_free(r->up_bev);
   if (r->replay) evbuffer_free(r->replay);
   if (r->rest) evbuffer_free(r->rest);
+  if (r->hold) evbuffer_free(r->hold);
   mesh__proxy_profiles_unref(r->profiles);
   mh_head_clear(&r->req);
+  mh_head_clear(&r->hhead);
   mh_head_clear(&r->trailers[REQ]);
   mh_head_clear(&r->trailers[RSP]);
   if (r->prev) r->prev->next = r->next;
@@ -643,6 +672,144 @@ static const mh_stream_cbs ss_cbs = {.on_data = ss_on_data, .on_end = ss_on_end,
 
 /* ---- The upstream side -------------------------------------------------------------------- */
 
+/* Attempts a request may make, the first included. */
+static uint32_t attempts_max(const hreq *r) { return r->ann ? r->ann->limit + 1 : ATTEMPTS_MAX; }
+
+/* Whether an attempt's answer is a failure to retry: what the annotations
+ * name, else the route's response classes. grpc: the gRPC status, if any. */
+static int retry_failure(const hreq *r, int status, const char *grpc) {
+  if (r->ann) return mesh__ann_retryable(r->ann, (uint32_t)status, grpc ? (int32_t)atoi(grpc) : -1);
+  return rt_failure(r, status, grpc);
+}
+
+/* Whether a response head that is no failure yet should be held for its
+ * trailers: a gRPC response without its status (not trailers-only) to a
+ * request that could be retried now -- whole and kept, attempts and budget
+ * left -- and whose status in the trailers could make it a failure to
+ * retry. Only requests with retries have a replay: the others never get
+ * here, and stream as they always did. */
+static int hold_worthy(const hreq *r, const mh_head *h, int end_stream) {
+  if (end_stream || !r->replay || !r->replayable || !r->sent_end[REQ] ||
+      r->attempts + 1 >= attempts_max(r))
+    return 0;
+  const char *ct = mh_head_get(h, "content-type");
+  if (!ct || strncasecmp(ct, "application/grpc", 16) || mh_head_get(h, "grpc-status")) return 0;
+  if (r->ann) return r->ann->grpc != 0;
+  /* Any failing gRPC status would do: a response class matching the HTTP
+   * status decides alone, whatever the trailers say. */
+  return rt_failure(r, h->status, "14") &&
+         mesh_budget_balance(mesh__proxy_dst_budget(r->dst, r->route),
+                             mesh__proxy_now_ns() / 1000000u) > 0;
+}
+
+static void on_hold(evutil_socket_t fd, short what, void *arg);
+
+/* Keep the head from the caller; the body follows into r->hold. -1 when
+ * there is no memory for it (then the response is not held). */
+static int hold_start(hreq *r, const mh_head *h) {
+  mesh_proxy *p = r->sv->p;
+  if ((!r->hold && !(r->hold = evbuffer_new())) ||
+      (!r->htimer && !(r->htimer = evtimer_new(p->base, on_hold, r))) ||
+      mh_head_copy(p->ctx, &r->hhead, h))
+    return -1;
+  r->holding = 1;
+  r->hold_cut = NULL;
+  return 0;
+}
+
+/* The response head goes to the caller: the request's timeouts stop
+ * (they run to the response head, retries included: Linkerd's). -1 when r
+ * is gone. */
+static int forward_head(hreq *r, mh_head *h, int end_stream, const char *grpc) {
+  event_del(r->timer);
+  r->status = h->status;
+  observe_latency(r);
+  mesh_ctx *ctx = r->sv->p->ctx;
+  mh_head_del(ctx, h, "l5d-orig-proto");
+  /* l5d-proxy-connection: close carries "the application closed its
+   * connection" across the proxies' shared HTTP/2 connection, so that the
+   * caller's own connection closes too (Linkerd's). */
+  const char *pc = mh_head_get(h, "l5d-proxy-connection");
+  int peer_closes = pc && !strcasecmp(pc, "close");
+  mh_head_del(ctx, h, "l5d-proxy-connection");
+  if (r->sv->inbound && h->close) mh_head_add(ctx, h, "l5d-proxy-connection", "close");
+  else if (!r->sv->inbound && peer_closes && r->sv->mc) mh_conn_shutdown(r->sv->mc);
+  r->head_sent = 1;
+  if (end_stream) {
+    r->ended[RSP] = r->sent_end[RSP] = 1;
+    count_response(r, grpc, "");
+  }
+  if (mh_stream_send_head(r->ss, h, end_stream)) {
+    fail(r, 502, "io", "could not forward the response");
+    return -1;
+  }
+  return 0;
+}
+
+/* Stop holding: the caller gets the head and the body held so far, and
+ * the rest streams as it comes. cut: why this happened before the
+ * trailers (NULL: they came); a failure in them can no longer be retried.
+ * -1 when r is gone. */
+static int hold_release(hreq *r, const char *cut) {
+  r->holding = 0;
+  r->hold_cut = cut;
+  if (r->htimer_on) event_del(r->htimer);
+  r->htimer_on = 0;
+  if (cut) rt_actual(r, r->hhead.status, NULL);
+  int rc = forward_head(r, &r->hhead, 0, NULL);
+  if (rc) return rc;
+  mh_head_clear(&r->hhead);
+  if (evbuffer_get_length(r->hold)) {
+    if (mh_stream_send_data(r->ss, r->hold, 0)) {
+      fail(r, 502, "io", "could not forward the body");
+      return -1;
+    }
+    idle_touch(r);
+  }
+  return 0;
+}
+
+/* The first message of a held response has been complete for HOLD_MS
+ * without the trailers: a stream, let through. */
+static void on_hold(evutil_socket_t fd, short what, void *arg) {
+  hreq *r = arg;
+  (void)fd;
+  (void)what;
+  r->htimer_on = 0;
+  if (hold_release(r, "response_stream") == 0) pump(r, RSP);
+}
+
+/* Body bytes of a held response: taken (the window goes back to the peer)
+ * while they fit HOLD_MAX and make one gRPC message at most (5 bytes of
+ * flag and length, then the message). 1 when taken or r is gone; 0 when
+ * the response was let through and buf is for pump. */
+static int hold_data(hreq *r, mh_stream *s, struct evbuffer *buf) {
+  size_t n = evbuffer_get_length(buf), held = evbuffer_get_length(r->hold) + n;
+  if (held > HOLD_MAX) return hold_release(r, "response_too_large") ? 1 : 0;
+  if (evbuffer_add_buffer(r->hold, buf)) return hold_release(r, "response_too_large") ? 1 : 0;
+  mh_stream_consumed(s, n);
+  idle_touch(r);
+  unsigned char pre[5];
+  if (evbuffer_copyout(r->hold, pre, 5) != 5) return 1;
+  size_t first = 5 + ((size_t)pre[1] << 24 | (size_t)pre[2] << 16 | (size_t)pre[3] << 8 | pre[4]);
+  if (held > first) return hold_release(r, "response_stream") ? 1 : 0;
+  if (held == first && !r->htimer_on) {
+    mesh__proxy_timer(r->htimer, HOLD_MS);
+    r->htimer_on = 1;
+  }
+  return 1;
+}
+
+/* The trailers of a held response: a failure to retry is dropped with its
+ * stream and tried again, as one in a head is; anything else goes to the
+ * caller whole. 1 when retried or r is gone. */
+static int hold_end(hreq *r, const char *grpc) {
+  int status = r->hhead.status;
+  rt_actual(r, status, grpc);
+  if (retry_failure(r, status, grpc) && retry(r)) return 1;
+  return hold_release(r, NULL) ? 1 : 0;
+}
+
 static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   hreq *r = ud;
   (void)s;
@@ -665,56 +832,44 @@ static void us_on_head(mh_stream *s, mh_head *h, int end_stream, void *ud) {
   int failed = rt_failure(r, h->status, grpc);
   if (r->atimer) event_del(r->atimer); /* the attempt answered in time */
   idle_touch(r);
-  /* With annotations, what is retried is what they name (statuses, and gRPC
-   * statuses of trailers-only answers), not the response classes. */
-  if (r->ann) failed = mesh__ann_retryable(r->ann, (uint32_t)h->status, grpc ? (int32_t)atoi(grpc) : -1);
-  rt_actual(r, h->status, grpc);
+  /* With annotations, what is retried is what they name (HTTP and gRPC
+   * statuses), not the response classes. */
+  if (r->ann) failed = retry_failure(r, h->status, grpc);
+  /* A gRPC answer's status may still come in its trailers: held until
+   * then when it could be retried (the attempt is counted then). */
+  int hold = !failed && hold_worthy(r, h, end_stream) && hold_start(r, h) == 0;
+  if (!hold) rt_actual(r, h->status, grpc);
   /* The endpoint answered: a success for its breaker, whatever the status
    * (as Linkerd's default, failure accrual counts connection failures, not
    * the application's 5xx: a service failing 30% would otherwise eject
    * every endpoint in turn). */
   pick_done(r, 1);
+  if (hold) return;
   /* A failure the caller has not seen yet may be retried (not when its
    * request is still being sent: then the body is not all here). */
   if (failed && r->sent_end[REQ] && retry(r)) return;
-  event_del(r->timer); /* timeouts run until the response head, retries included (Linkerd's) */
-  r->status = h->status;
-  observe_latency(r);
-  mesh_ctx *ctx = r->sv->p->ctx;
-  mh_head_del(ctx, h, "l5d-orig-proto");
-  /* l5d-proxy-connection: close carries "the application closed its
-   * connection" across the proxies' shared HTTP/2 connection, so that the
-   * caller's own connection closes too (Linkerd's). */
-  const char *pc = mh_head_get(h, "l5d-proxy-connection");
-  int peer_closes = pc && !strcasecmp(pc, "close");
-  mh_head_del(ctx, h, "l5d-proxy-connection");
-  if (r->sv->inbound && h->close) mh_head_add(ctx, h, "l5d-proxy-connection", "close");
-  else if (!r->sv->inbound && peer_closes && r->sv->mc) mh_conn_shutdown(r->sv->mc);
-  r->head_sent = 1;
-  if (end_stream) {
-    r->ended[RSP] = r->sent_end[RSP] = 1;
-    count_response(r, grpc, "");
-  }
-  if (mh_stream_send_head(r->ss, h, end_stream)) {
-    fail(r, 502, "io", "could not forward the response");
-    return;
-  }
-  pump(r, RSP);
+  if (forward_head(r, h, end_stream, grpc) == 0) pump(r, RSP);
 }
 
 static void us_on_data(mh_stream *s, struct evbuffer *buf, void *ud) {
   hreq *r = ud;
-  (void)s;
   r->buf[RSP] = buf;
+  if (r->holding && hold_data(r, s, buf)) return;
   pump(r, RSP);
 }
 
 static void us_on_end(mh_stream *s, mh_head *trailers, void *ud) {
   hreq *r = ud;
   (void)s;
+  const char *grpc = trailers ? mh_head_get(trailers, "grpc-status") : NULL;
+  if (r->holding) {
+    if (hold_end(r, grpc)) return;
+  } else if (r->hold_cut && retry_failure(r, r->status, grpc)) {
+    rt_inc(r, r->sv->p->m.rt_retryable, r->hold_cut, NULL); /* let through before it was known */
+  }
   r->ended[RSP] = 1;
   if (trailers) mh_head_copy(r->sv->p->ctx, &r->trailers[RSP], trailers);
-  count_response(r, trailers ? mh_head_get(trailers, "grpc-status") : NULL, "");
+  count_response(r, grpc, "");
   pump(r, RSP);
 }
 
@@ -822,7 +977,7 @@ static int retry(hreq *r) {
   if (a ? !a->has_retry : !r->route || !mesh_route_is_retryable(r->route)) return 0;
   if (r->head_sent || r->upgrading) return 0;
   mesh_proxy *p = r->sv->p;
-  uint32_t max = a ? a->limit + 1 : ATTEMPTS_MAX; /* attempts, the first included */
+  uint32_t max = attempts_max(r);
   /* Body bytes not sent yet (the attempt failed before taking them) belong
    * to the replay too, or it would go out short. */
   size_t unsent = r->buf[REQ] ? evbuffer_get_length(r->buf[REQ]) : 0;
@@ -1316,6 +1471,7 @@ static void on_request(mh_conn *c, mh_stream *s, mh_head *req, int end_stream, v
   }
   mh_head_init(&r->trailers[REQ]);
   mh_head_init(&r->trailers[RSP]);
+  mh_head_init(&r->hhead);
   r->sv = sv;
   r->ss = s;
   r->h1 = req->version != MH_V2;
@@ -1567,7 +1723,8 @@ int mesh__proxy_http_init(mesh_proxy *p) {
                                  &p->m.rt_actual_rsp)) ||
       (rc = mesh_metrics_counter(p->m.reg, "route_retryable_total",
                                  "Failed requests of retryable routes: retried (skipped=\"\") or "
-                                 "not, and why (no_budget, body, attempts)",
+                                 "not, and why (no_budget, body, attempts, response_too_large, "
+                                 "response_stream)",
                                  rt_retry, 4, &p->m.rt_retryable)))
     return rc;
   if ((rc = mesh_metrics_counter(p->m.reg, "request_total", "Total HTTP requests", req, 6,

@@ -1593,6 +1593,13 @@ int mesh_snapshot_profile_json(const mesh_snapshot *s, const char *authority_tex
 
 /* ---- The directory store ---------------------------------------------------- */
 
+typedef struct {
+  char *path;
+  char *buf;
+  size_t len;
+  uint64_t hash; /* of the bytes */
+} file_buf;
+
 struct mesh_store {
   mesh_ctx *ctx;
   mesh_store_opts *opts; /* a copy */
@@ -1608,6 +1615,8 @@ struct mesh_store {
   int failing;
   char *last_error;
   char *name; /* a fed store's name in logs (mesh_store_new_fed); NULL: a directory's */
+  file_buf *extra; /* manifests added after the directory's (mesh_store_set_extra) */
+  size_t nextra;
 };
 
 static uint64_t now_ms(void) {
@@ -1620,12 +1629,6 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-typedef struct {
-  char *path;
-  char *buf;
-  size_t len;
-  uint64_t hash; /* of the bytes */
-} file_buf;
 
 static void files_free(mesh_ctx *ctx, file_buf *f, size_t n) {
   for (size_t i = 0; f && i < n; i++) {
@@ -1759,6 +1762,28 @@ static int load(mesh_store *st, mesh_diags *diags, mesh_snapshot **ret, uint64_t
   uint64_t h = 0;
   int rc = read_dir(st, diags, &files, &n, &h);
   if (rc < 0) return rc;
+  if (st->nextra) { /* after the files, so that a duplicate names the file first */
+    file_buf *all = mesh__realloc(st->ctx, files, (n + st->nextra) * sizeof *all);
+    if (!all) {
+      files_free(st->ctx, files, n);
+      return MESH_ERR_NOMEM;
+    }
+    files = all;
+    for (size_t i = 0; i < st->nextra; i++) {
+      file_buf *f = &files[n], *x = &st->extra[i];
+      *f = (file_buf){.path = mesh__strdup(st->ctx, x->path), .len = x->len, .hash = x->hash};
+      f->buf = f->path ? mesh__malloc(st->ctx, x->len ? x->len : 1) : NULL;
+      if (!f->buf) {
+        mesh__free(st->ctx, f->path);
+        files_free(st->ctx, files, n);
+        return MESH_ERR_NOMEM;
+      }
+      memcpy(f->buf, x->buf, x->len);
+      n++;
+      h = fnv(h, x->path, strlen(x->path) + 1);
+      h = fnv(h, &x->hash, sizeof x->hash);
+    }
+  }
   if (st->snap && h == st->hash) rc = 1;
   else rc = build(st, files, n, diags, ret);
   files_free(st->ctx, files, n);
@@ -1791,6 +1816,7 @@ void mesh_store_free(mesh_store *st) {
   mesh_store_opts_free(st->opts);
   mesh__free(st->ctx, st->last_error);
   mesh__free(st->ctx, st->name);
+  files_free(st->ctx, st->extra, st->nextra);
   mesh__free(st->ctx, st);
 }
 
@@ -1877,6 +1903,35 @@ int mesh_store_reload(mesh_store *st) {
   rc = settle(st, rc, snap, h, diags);
   mesh_diags_free(diags);
   return rc;
+}
+
+int mesh_store_set_extra(mesh_store *st, size_t n, const char *const *sources,
+                         const char *const *bufs, const size_t *lens) {
+  if (!st || !st->opts->dir || (n && (!sources || !bufs || !lens))) return MESH_ERR_INVALID;
+  if (n > MESH_STORE_MAX_FILES) return MESH_ERR_LIMIT;
+  for (size_t i = 0; i < n; i++)
+    if (!sources[i] || (!bufs[i] && lens[i])) return MESH_ERR_INVALID;
+  file_buf *x = mesh__calloc(st->ctx, n ? n : 1, sizeof *x);
+  if (!x) return MESH_ERR_NOMEM;
+  for (size_t i = 0; i < n; i++) {
+    x[i].path = mesh__strdup(st->ctx, sources[i]);
+    x[i].buf = mesh__malloc(st->ctx, lens[i] ? lens[i] : 1);
+    if (!x[i].path || !x[i].buf) {
+      files_free(st->ctx, x, i + 1);
+      return MESH_ERR_NOMEM;
+    }
+    memcpy(x[i].buf, bufs[i], lens[i]);
+    x[i].len = lens[i];
+    x[i].hash = fnv(FNV_BASIS, bufs[i], lens[i]);
+  }
+  file_buf *old = st->extra;
+  size_t nold = st->nextra;
+  st->extra = x;
+  st->nextra = n;
+  files_free(st->ctx, old, nold);
+  /* Kept even when this load is refused: a removal must not come back, and
+   * the next good load of the directory serves the set. */
+  return mesh_store_reload(st);
 }
 
 /* ---- The fed store ------------------------------------------------------------ */

@@ -24,6 +24,7 @@
 #include "daemon_log.h"
 #include "dns.h"
 #include "etcd.h"
+#include "registry.h"
 
 #define GET_PATH "/io.linkerd.proxy.destination.Destination/Get"
 #define PROFILE_PATH "/io.linkerd.proxy.destination.Destination/GetProfile"
@@ -46,6 +47,7 @@ typedef struct {
   mesh_store *store;
   dst_etcd *etcd;           /* the store's source with --etcd-endpoints (NULL: --store-dir) */
   dst_dns *dns;             /* names outside the store (NULL: --no-dns-fallback) */
+  dst_registry *registry;   /* workload registrations (Registry.Register) */
   const char *identity_dir; /* NULL: plaintext */
   mesh_tls_creds *creds;    /* the serving certificate, swapped on SIGHUP */
   watch *watches; /* every open stream: Get, GetProfile, WatchWorkload */
@@ -705,6 +707,19 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
 
 /* ---- Loop --------------------------------------------------------------- */
 
+/* Registrations go into a directory store; an etcd store refuses them
+ * (its replicas would not share an in-memory registration). */
+static int registry_start(daemon_state *d, const mesh_store_opts *so, const char *td, const char *ns,
+                          mesh_rpc_server *srv) {
+  dst_registry_opts o = {.store = d->etcd ? NULL : d->store,
+                         .so = so,
+                         .trust_domain = td ? td : MESH_STORE_DEFAULT_TRUST_DOMAIN,
+                         .cp_ns = ns ? ns : MESH_STORE_DEFAULT_CP_NAMESPACE,
+                         .log = dns_log};
+  int rc = dst_registry_new(d->ctx, d->base, &o, &d->registry);
+  return rc ? rc : dst_registry_handle(d->registry, srv);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *ud) {
   daemon_state *d = ud;
   if (sig == SIGHUP) {
@@ -728,7 +743,8 @@ static void usage(FILE *out) {
           "(Destination.Get) and the profile (Destination.GetProfile) of the services they\n"
           "talk to, and the inbound policy documents of their own workload\n"
           "(InboundServerPolicies.WatchWorkload), as streams of JSON lines over HTTP/2\n"
-          "(doc/protocol.md).\n\n"
+          "(doc/protocol.md). With --store-dir, meshds may also register their Workloads\n"
+          "under leases (mesh.Registry/Register, Deregister).\n\n"
           "Usage:\n  mesh-destination --store-dir DIR [flags]\n"
           "  mesh-destination --etcd-endpoints http://IP:PORT,... [--etcd-prefix P] [flags]\n\n"
           "Flags:\n"
@@ -1012,7 +1028,8 @@ int main(int argc, char **argv) {
       (rc = mesh_rpc_server_new(d.ctx, d.base, ro, &srv)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, GET_PATH, on_get, &d)) < 0 ||
       (rc = mesh_rpc_server_handle(srv, PROFILE_PATH, on_profile, &d)) < 0 ||
-      (rc = mesh_rpc_server_handle(srv, POLICY_PATH, on_policy, &d)) < 0) {
+      (rc = mesh_rpc_server_handle(srv, POLICY_PATH, on_policy, &d)) < 0 ||
+      (rc = registry_start(&d, so, td, ns, srv)) < 0) {
     daemon_log("ERROR", "cannot set up the Destination server: %s", mesh_strerror(rc));
     goto done;
   }
@@ -1044,6 +1061,7 @@ done:
   /* Ends every stream: their close callbacks free the watches. */
   mesh_rpc_server_free(srv);
   dst_dns_free(d.dns); /* after the watches, which hold its names */
+  dst_registry_free(d.registry);
   mesh_rpc_server_opts_free(ro);
   mesh_tls_creds_free(d.creds);
   dst_etcd_free(d.etcd); /* before the store it feeds */

@@ -20,7 +20,7 @@ enum {
   OPT_WORKLOAD_LABELS, OPT_DEFAULT_POLICY, OPT_CLUSTER_NETWORKS, OPT_MAX_IN_FLIGHT, OPT_DESTINATION,
   OPT_DESTINATION_ID, OPT_IDENTITY_ADDR, OPT_IDENTITY_TOKEN_FILE, OPT_SERVICE_ACCOUNT,
   OPT_IDENTITY_SVC_NAME, OPT_WORKLOAD_NAME, OPT_OUTBOUND_FAILFAST, OPT_INBOUND_FAILFAST,
-  OPT_OUTBOUND_QUEUE, OPT_INBOUND_QUEUE
+  OPT_OUTBOUND_QUEUE, OPT_INBOUND_QUEUE, OPT_REGISTER, OPT_REGISTER_LEASE, OPT_WORKLOAD_PORTS
 };
 
 static const struct option LONG[] = {
@@ -48,6 +48,9 @@ static const struct option LONG[] = {
     {"identity-svc-name", required_argument, NULL, OPT_IDENTITY_SVC_NAME},
     {"inbound-allow-unauthenticated", no_argument, NULL, OPT_ALLOW_UNAUTH},
     {"inbound-ports", required_argument, NULL, OPT_INBOUND_PORTS},
+    {"register", no_argument, NULL, OPT_REGISTER},
+    {"register-lease", required_argument, NULL, OPT_REGISTER_LEASE},
+    {"workload-ports", required_argument, NULL, OPT_WORKLOAD_PORTS},
     {"inbound-forward-ip", required_argument, NULL, OPT_INBOUND_FORWARD_IP},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
@@ -89,6 +92,9 @@ static const struct {
     {OPT_WORKLOAD_NS, "MESH_PROXY_WORKLOAD_NAMESPACE"},
     {OPT_WORKLOAD_LABELS, "MESH_PROXY_WORKLOAD_LABELS"},
     {OPT_WORKLOAD_NAME, "MESH_PROXY_WORKLOAD_NAME"},
+    {OPT_REGISTER, "MESH_PROXY_REGISTER"},
+    {OPT_REGISTER_LEASE, "MESH_PROXY_REGISTER_LEASE"},
+    {OPT_WORKLOAD_PORTS, "MESH_PROXY_WORKLOAD_PORTS"},
     {OPT_DEFAULT_POLICY, "MESH_PROXY_DEFAULT_INBOUND_POLICY"},
     {OPT_CLUSTER_NETWORKS, "MESH_PROXY_CLUSTER_NETWORKS"},
     {OPT_IDENTITY_DIR, "MESH_PROXY_IDENTITY_DIR"},
@@ -145,6 +151,14 @@ static void usage(FILE *out) {
           "  --workload-name NAME          its Workload in the store: with --destination-addr and\n"
           "                                no --policy, the inbound policy (and labels) come from\n"
           "                                mesh-destination; not ready until the first one\n"
+          );
+  /* Two strings: one would pass the 4095 bytes C requires compilers to take. */
+  fprintf(out,
+          "  --register                    register the Workload (--workload-name, namespace, labels,\n"
+          "                                the inbound listener's address) with mesh-destination\n"
+          "                                under a lease; deregister on SIGTERM before draining\n"
+          "  --register-lease DURATION     the lease, 3s to 300s, renewed at a third [30s]\n"
+          "  --workload-ports LIST         the application's ports in it, e.g. http=8080,grpc=9090\n"
           "  --default-inbound-policy P    for ports no Server selects [all-unauthenticated]\n"
           "  --cluster-networks CIDRS      [10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8]\n"
           "  --identity-dir DIR            DIR/leaf.crt, DIR/key.pem, DIR/ca.crt\n"
@@ -203,6 +217,10 @@ static uint32_t head_fields = MESH_PROXY_DEFAULT_MAX_FIELDS;
  * the file credentials once every flag is in. */
 static const char *identity_addr, *identity_token_file, *service_account, *identity_svc_name;
 static int identity_dir_given;
+/* --register, its lease and the workload's ports are set together. */
+static int register_on;
+static uint32_t register_lease_s;
+static const char *workload_ports;
 
 typedef struct {
   struct event_base *base;
@@ -256,6 +274,21 @@ static int apply(mesh_proxy_opts *o, int opt, const char *arg, const char **cert
     rc = mesh_proxy_opts_set_workload(o, workload_ns, workload_labels, &why);
     break;
   case OPT_WORKLOAD_NAME: rc = mesh_proxy_opts_set_workload_name(o, arg, &why); break;
+  case OPT_REGISTER:
+  case OPT_REGISTER_LEASE:
+  case OPT_WORKLOAD_PORTS:
+    if (opt == OPT_REGISTER) register_on = !arg || !strcmp(arg, "1") || !strcmp(arg, "true");
+    else if (opt == OPT_WORKLOAD_PORTS) workload_ports = arg;
+    else if (parse_duration(arg, &ms) || ms % 1000 || ms / 1000 < MESH_PROXY_REGISTER_LEASE_MIN_S ||
+             ms / 1000 > MESH_PROXY_REGISTER_LEASE_MAX_S) {
+      rc = MESH_ERR_RANGE;
+      why = "whole seconds from 3s to 300s";
+      break;
+    } else {
+      register_lease_s = (uint32_t)(ms / 1000);
+    }
+    rc = mesh_proxy_opts_set_register(o, register_on, register_lease_s, workload_ports, &why);
+    break;
   case OPT_DEFAULT_POLICY: rc = mesh_proxy_opts_set_default_inbound_policy(o, arg, &why); break;
   case OPT_CLUSTER_NETWORKS: rc = mesh_proxy_opts_set_cluster_networks(o, arg); break;
   case OPT_IDENTITY_DIR:

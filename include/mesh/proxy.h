@@ -230,6 +230,23 @@ MESH_API int mesh_proxy_opts_set_identity_service_name(mesh_proxy_opts *o, const
  * default) or accepted as tls="no_identity" (1). MESH_ERR_INVALID. */
 MESH_API int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow);
 
+/* Register this workload with mesh-destination (on nonzero; doc/meshd.md,
+ * Registration): its Workload is the workload name and namespace, labels
+ * and service account (the option's, else the certificate's), the inbound
+ * listener's address as address and its port as proxyPort, the admin port
+ * as adminPort, and ports ("http=8080,grpc=9090"; NULL or "": none) as the
+ * application's ports. Registered at start, or at the first certificate
+ * when there is an identity; renewed at a third of lease_s (3..300; 0: 30);
+ * deregistered when a graceful shutdown starts. Needs a destination
+ * address and a workload name (mesh_proxy_new: MESH_ERR_INVALID).
+ * MESH_ERR_RANGE (lease), MESH_ERR_PARSE (ports, with *why),
+ * MESH_ERR_INVALID, MESH_ERR_NOMEM. */
+#define MESH_PROXY_REGISTER_DEFAULT_LEASE_S 30u
+#define MESH_PROXY_REGISTER_LEASE_MIN_S 3u
+#define MESH_PROXY_REGISTER_LEASE_MAX_S 300u
+MESH_API int mesh_proxy_opts_set_register(mesh_proxy_opts *o, int on, uint32_t lease_s,
+                                          const char *ports, const char **why);
+
 /* Inbound allowlist: "8080,9090" (ports the transport header may name);
  * "" (the default) allows every port. MESH_ERR_PARSE (with *why),
  * MESH_ERR_INVALID, MESH_ERR_NOMEM. */

@@ -260,6 +260,17 @@ MESH_API int mesh_store_watch(mesh_store *st, struct event_base *base);
  * MESH_ERR_NOMEM. */
 MESH_API int mesh_store_reload(mesh_store *st);
 
+/* Manifests served with the directory's, as if they were more files read
+ * after them (mesh-destination's workload registrations): n buffers named
+ * sources[i] (diagnostics, mesh_snapshot_source), copied; they replace the
+ * previous set and stay until the next call. The directory is then read
+ * again as by mesh_store_reload, with the same results; when that load is
+ * refused the new set is still kept, and served by the next good load.
+ * A fed store refuses this (MESH_ERR_INVALID). MESH_ERR_LIMIT (more than
+ * MESH_STORE_MAX_FILES), MESH_ERR_NOMEM. */
+MESH_API int mesh_store_set_extra(mesh_store *st, size_t n, const char *const *sources,
+                                  const char *const *bufs, const size_t *lens);
+
 /* Loads since the start that took over / were refused. */
 MESH_API uint64_t mesh_store_reloads_ok(const mesh_store *st);
 MESH_API uint64_t mesh_store_reloads_failed(const mesh_store *st);

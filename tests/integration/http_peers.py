@@ -231,11 +231,36 @@ def grpc_server(port):
         for m in it:
             yield m.upper()
 
+    def flaky(req, ctx):
+        # "PCT [MS]": headers first, MS later an answer, or for PCT percent of
+        # calls UNAVAILABLE in the trailers (not a trailers-only answer).
+        pct, _, ms = req.decode().partition(" ")
+        ctx.send_initial_metadata((("x-backend", "grpc"),))
+        if ms:
+            time.sleep(int(ms) / 1000)
+        if random.random() * 100 < int(pct):
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "flaky")
+        return b"ok"
+
+    def items(req, ctx):
+        # "N SIZE PCT PAUSE": N items "item-I:" padded to SIZE bytes, PAUSE ms
+        # apart; then UNAVAILABLE for PCT percent of calls.
+        n, size, pct, pause = (int(x) for x in req.split())
+        fail = random.random() * 100 < pct
+        for i in range(n):
+            if i and pause:
+                time.sleep(pause / 1000)
+            yield (b"item-%d:" % i).ljust(size, b".")
+        if fail:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "flaky stream")
+
     ident = (lambda b: b)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary, ident, ident),
         "Stream": grpc.unary_stream_rpc_method_handler(stream, ident, ident),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi, ident, ident),
+        "Flaky": grpc.unary_unary_rpc_method_handler(flaky, ident, ident),
+        "Items": grpc.unary_stream_rpc_method_handler(items, ident, ident),
     }
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
@@ -282,11 +307,55 @@ def grpc_client(target, authority):
     print("grpc: unary, status, server stream, bidi, 3 MB message, 400 concurrent calls")
 
 
+def grpc_calls(target, authority, method, req, n):
+    """n calls of /test.Echo/METHOD (Flaky: unary, Items: server streaming) with
+    request req, 10 at a time; prints "ok=N fail=N bad=N items=N first_ms=N":
+    calls that ended OK, that failed, whose items were not item-0, item-1, ...
+    each once and in order (or whose unary answer was wrong), the items
+    received, and the longest wait for a first item."""
+    grpc = _grpc()
+    from concurrent.futures import ThreadPoolExecutor
+    ident = (lambda b: b)
+    # The client's own retries off: what is retried here is the proxy's doing.
+    ch = grpc.insecure_channel(target, options=[("grpc.default_authority", authority),
+                                                ("grpc.enable_retries", 0)])
+    grpc.channel_ready_future(ch).result(timeout=10)
+    path = "/test.Echo/" + method
+    unary = method != "Items"
+    call = ch.unary_unary(path, ident, ident) if unary else ch.unary_stream(path, ident, ident)
+    lock = threading.Lock()
+    res = {"ok": 0, "fail": 0, "bad": 0, "items": 0, "first_ms": 0}
+
+    def one(_):
+        t0 = time.monotonic()
+        got, first, good = [], None, True
+        try:
+            if unary:
+                good = call(req.encode(), timeout=10) == b"ok"
+            else:
+                for m in call(req.encode(), timeout=10):
+                    if first is None:
+                        first = time.monotonic() - t0
+                    got.append(m)
+            ok = True
+        except grpc.RpcError:
+            ok = False
+        good = good and all(m.startswith(b"item-%d:" % i) for i, m in enumerate(got))
+        with lock:
+            res["ok" if ok else "fail"] += 1
+            res["bad"] += 0 if good else 1
+            res["items"] += len(got)
+            res["first_ms"] = max(res["first_ms"], int((first or 0) * 1000))
+    with ThreadPoolExecutor(10) as ex:
+        list(ex.map(one, range(int(n))))
+    print(" ".join("%s=%d" % kv for kv in res.items()))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {"backend": backend, "raw": raw, "big-head": big_head, "slow-head": slow_head,
      "pipeline": pipeline, "upgrade": upgrade, "grpc-server": grpc_server,
-     "grpc-client": grpc_client}[cmd](*args)
+     "grpc-client": grpc_client, "grpc-calls": grpc_calls}[cmd](*args)
 
 
 if __name__ == "__main__":

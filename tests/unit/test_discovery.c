@@ -175,8 +175,8 @@ START_TEST(malformed_kept_out) {
       "{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\",\"weight\":\"1\"}]}}",
       "{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\",\"target_port\":70000}]}}",
       "{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\",\"tls_identity\":{\"name\":\"x\"}}]}}",
-      "{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\",\"tls_identity\":{\"dns_like_identity\":"
-      "{\"name\":\"not an identity\"}}}]}}",
+      ("{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\",\"tls_identity\":{\"dns_like_identity\":"
+       "{\"name\":\"not an identity\"}}}]}}"),
       "{\"add\":{\"addrs\":[{\"addr\":\"127.0.0.4:1\"}]}, \"add\":{\"addrs\":[]}}",
       "{\"remove\":{\"addrs\":[{\"addr\":\"127.0.0.2:4143\"},{\"addr\":7}]}}",
       "{\"no_endpoints\":{\"exists\":\"no\"}}",

@@ -704,8 +704,8 @@ START_TEST(process_collector) {
   char *text;
   ck_assert_int_eq(mesh_metrics_render(reg, &text, NULL), 0);
   const char *want[] = {"# TYPE before_total counter\nbefore_total 0\n",
-                        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
-                        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total ",
+                        ("# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                         "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "),
                         "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes ",
                         "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes ",
                         "# TYPE process_open_fds gauge\nprocess_open_fds ",

@@ -445,6 +445,53 @@ START_TEST(proxy_lifecycle) {
 }
 END_TEST
 
+/* --register: its options, and the starts it refuses (nothing to name the
+ * workload by, or a wildcard address that is no workload's). */
+START_TEST(register_options) {
+  mesh_ctx *ctx;
+  mesh_proxy_opts *o;
+  mesh_proxy *p = NULL;
+  const char *why = NULL;
+  struct event_base *base = event_base_new();
+  ck_assert_int_eq(mesh_ctx_new(&ctx), 0);
+  ck_assert_int_eq(mesh_proxy_opts_new(ctx, &o), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 1, 0, "http=8080,grpc=9090", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 1, 3, NULL, &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 1, 300, "", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 1, 2, NULL, &why), MESH_ERR_RANGE);
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 1, 301, NULL, &why), MESH_ERR_RANGE);
+  static const char *const bad[] = {"http", "http=", "=8080", "http=0", "http=65536", "http=80x",
+                                    "http=8080,", "a-name-over-15-bytes=80"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    why = NULL;
+    ck_assert_msg(mesh_proxy_opts_set_register(o, 1, 0, bad[i], &why) == MESH_ERR_PARSE, "%s", bad[i]);
+    ck_assert_ptr_nonnull(why);
+  }
+  ck_assert_int_eq(mesh_proxy_opts_set_outbound_addr(o, "", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_admin_addr(o, "", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_inbound_addr(o, "127.0.0.1:0", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_destination_addr(o, "127.0.0.1:1", &why), 0);
+  ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), MESH_ERR_INVALID);
+  ck_assert_ptr_null(p);
+  ck_assert_ptr_nonnull(strstr(why, "workload name"));
+  ck_assert_int_eq(mesh_proxy_opts_set_workload_name(o, "web-1", &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_inbound_addr(o, "0.0.0.0:0", &why), 0);
+  ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), MESH_ERR_INVALID);
+  ck_assert_ptr_nonnull(strstr(why, "not 0.0.0.0"));
+  ck_assert_int_eq(mesh_proxy_opts_set_inbound_addr(o, "127.0.0.1:0", &why), 0);
+  ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), 0);
+  mesh_proxy_free(p);
+  /* Off: none of that is needed. */
+  ck_assert_int_eq(mesh_proxy_opts_set_register(o, 0, 0, NULL, &why), 0);
+  ck_assert_int_eq(mesh_proxy_opts_set_inbound_addr(o, "0.0.0.0:0", &why), 0);
+  ck_assert_int_eq(mesh_proxy_new(ctx, base, o, &why, &p), 0);
+  mesh_proxy_free(p);
+  mesh_proxy_opts_free(o);
+  mesh_ctx_free(ctx);
+  event_base_free(base);
+}
+END_TEST
+
 START_TEST(proxy_bad_start) {
   mesh_ctx *ctx;
   mesh_proxy_opts *o;
@@ -512,6 +559,7 @@ static Suite *make_suite(void) {
   TCase *tp = tcase_create("proxy");
   tcase_add_test(tp, proxy_lifecycle);
   tcase_add_test(tp, proxy_bad_start);
+  tcase_add_test(tp, register_options);
   suite_add_tcase(s, tp);
   return s;
 }
