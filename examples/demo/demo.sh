@@ -90,7 +90,10 @@ check_ports() {
   done
   for w in "${WORKLOADS[@]}"; do
     i=$((i + 1))
-    for p in $APP_PORT $INBOUND_PORT $ADMIN_PORT; do
+    local deps n
+    read -r _ _ _ _ deps <<<"$w"
+    n=$(wc -w <<<"$deps") # the outbound listeners, one a dependency
+    for p in $APP_PORT $INBOUND_PORT $ADMIN_PORT $(seq $FIRST_OUT_PORT $((FIRST_OUT_PORT + n - 1))); do
       listening "$DEMO_NET.$i" "$p" && busy+=("$DEMO_NET.$i:$p (set DEMO_NET)")
     done
   done
