@@ -105,7 +105,7 @@ check_ports
 mkdir -p "$DEMO_DIR"/{logs,tokens,store}
 DEMO_DIR=$(realpath "$DEMO_DIR")
 trap 'echo; echo "demo: interrupted, stopping"; down; exit 130' INT TERM
-# Every process runs in its own session (a closed terminal does not stop it)
+# Every process is started with setsid (a closed terminal does not stop it)
 # under a lifetime, and is remembered for `down`.
 start() { # LOG CMD...
   local log=$1
