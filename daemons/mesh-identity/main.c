@@ -22,6 +22,7 @@
 #include <mesh/metrics.h>
 #include <mesh/rpc.h>
 
+#include "daemon_http.h"
 #include "daemon_log.h"
 
 #define FILE_MAX 1048576u /* bytes of any file read from DIR */
@@ -430,55 +431,16 @@ static void admin_other(struct evhttp_request *req, void *ud) {
   admin_text(req, 404, "not found: try /metrics, /ready or /live");
 }
 
-/* "host:port" or "[v6]:port" into host and port. */
-static bool split_addr(const char *addr, char *host, size_t hsize, uint16_t *port) {
-  const char *colon = strrchr(addr, ':');
-  if (!colon || colon == addr) return false;
-  const char *h = addr;
-  size_t hl = (size_t)(colon - addr);
-  if (*h == '[') {
-    if (hl < 2 || h[hl - 1] != ']') return false;
-    h++;
-    hl -= 2;
-  }
-  char *end;
-  errno = 0;
-  unsigned long p = strtoul(colon + 1, &end, 10);
-  if (!colon[1] || *end || errno || p > 65535 || hl >= hsize) return false;
-  memcpy(host, h, hl);
-  host[hl] = '\0';
-  *port = (uint16_t)p;
-  return true;
-}
-
 static struct evhttp *admin_start(daemon_state *d, const char *addr) {
-  char host[256];
-  uint16_t port;
-  if (!split_addr(addr, host, sizeof host, &port)) {
-    daemon_log("ERROR", "--admin %s: expected HOST:PORT", addr);
-    return NULL;
-  }
-  struct evhttp *http = evhttp_new(d->base);
-  struct evhttp_bound_socket *s = http ? evhttp_bind_socket_with_handle(http, host, port) : NULL;
-  if (!s) {
-    daemon_log("ERROR", "--admin %s: cannot listen: %s", addr, strerror(errno));
-    if (http) evhttp_free(http);
-    return NULL;
-  }
-  evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  uint16_t bound;
+  struct evhttp *http = daemon_http_listen(d->base, "--admin", addr, &bound);
+  if (!http) return NULL;
   evhttp_set_cb(http, "/metrics", admin_metrics, d);
   evhttp_set_cb(http, "/ready", admin_ready, d);
   evhttp_set_cb(http, "/live", admin_live, d);
   evhttp_set_gencb(http, admin_other, d);
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  evutil_socket_t fd = evhttp_bound_socket_get_fd(s);
-  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-    uint16_t bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                              : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    daemon_log("INFO", "admin (/metrics /ready /live) listening on %s:%u",
-           strchr(host, ':') ? "[::]" : host, bound);
-  }
+  daemon_log("INFO", "admin (/metrics /ready /live) listening on %.*s:%u", (int)(strrchr(addr, ':') - addr), addr,
+             (unsigned)bound);
   return http;
 }
 

@@ -18,6 +18,7 @@
 
 #include <mesh/mesh.h>
 
+#include "daemon_http.h"
 #include "daemon_log.h"
 #include <mesh/metrics.h>
 #include <mesh/store.h>
@@ -740,41 +741,15 @@ static void metrics_free(daemon_state *d) {
   mesh_metrics_free(d->metrics);
 }
 
-/* "host:port" or "[v6]:port" into host and port. */
-static bool split_addr(const char *addr, char *host, size_t hsize, uint16_t *port) {
-  const char *colon = strrchr(addr, ':');
-  if (!colon || colon == addr) return false;
-  const char *h = addr;
-  size_t hl = (size_t)(colon - addr);
-  if (*h == '[') {
-    if (hl < 2 || h[hl - 1] != ']') return false;
-    h++;
-    hl -= 2;
-  }
-  char *end;
-  errno = 0;
-  unsigned long p = strtoul(colon + 1, &end, 10);
-  if (!colon[1] || *end || errno || p > 65535 || hl == 0 || hl >= hsize) return false;
-  memcpy(host, h, hl);
-  host[hl] = '\0';
-  *port = (uint16_t)p;
-  return true;
-}
-
 static struct evhttp *serve_start(daemon_state *d, const char *addr) {
   char host[256];
   uint16_t port;
-  if (!split_addr(addr, host, sizeof host, &port)) {
+  if (!daemon_split_addr(addr, host, sizeof host, &port) || !*host) {
     daemon_log("ERROR", "--listen %s: expected HOST:PORT", addr);
     return NULL;
   }
-  struct evhttp *http = evhttp_new(d->base);
-  if (!http || !evhttp_bind_socket_with_handle(http, host, port)) {
-    daemon_log("ERROR", "--listen %s: cannot listen: %s", addr, strerror(errno));
-    if (http) evhttp_free(http);
-    return NULL;
-  }
-  evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  struct evhttp *http = daemon_http_listen(d->base, "--listen", addr, &port);
+  if (!http) return NULL;
   evhttp_set_max_headers_size(http, HEADERS_MAX);
   evhttp_set_max_body_size(http, 0);
   evhttp_set_timeout(http, 10);
@@ -862,7 +837,7 @@ int main(int argc, char **argv) {
       const char *eq = strchr(optarg, '=');
       char host[256];
       uint16_t port;
-      if (!eq || eq == optarg || !split_addr(eq + 1, host, sizeof host, &port) || port == 0 ||
+      if (!eq || eq == optarg || !daemon_split_addr(eq + 1, host, sizeof host, &port) || !*host || port == 0 ||
           (size_t)(eq - optarg) > 253) {
         fprintf(stderr, "mesh-viz: --proxy %s: expected [NS/]NAME=HOST:PORT\n", optarg);
         return 2;
