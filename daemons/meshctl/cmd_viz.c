@@ -56,9 +56,16 @@ typedef struct {
   size_t n;
 } table;
 
+/* Takes the row's cells (a NULL among the first ncols: out of memory); on
+ * failure they are freed and false comes back. */
 static bool table_add(table *t, char *cells[MAX_COLS]) {
-  trow *v = realloc(t->rows, (t->n + 1) * sizeof *v);
-  if (!v) return false;
+  bool whole = true;
+  for (size_t i = 0; i < t->ncols; i++) whole = whole && cells[i];
+  trow *v = whole ? realloc(t->rows, (t->n + 1) * sizeof *v) : NULL;
+  if (!v) {
+    for (size_t i = 0; i < MAX_COLS; i++) free(cells[i]);
+    return false;
+  }
   t->rows = v;
   for (size_t i = 0; i < t->ncols; i++) v[t->n].c[i] = cells[i];
   t->n++;
@@ -239,12 +246,7 @@ static int stat_cmd(const opts *o, int npos, char **pos) {
       c[n++] = cell(r, "requests", "%.0f", 1);
       c[n++] = cell(r, "window_s", "%.0fs", 1);
     }
-    for (size_t k = 0; k < n; k++) ok = ok && c[k];
-    if (!ok || !table_add(&t, c)) {
-      for (size_t k = 0; k < n; k++) free(c[k]);
-      ok = false;
-      break;
-    }
+    if (!(ok = table_add(&t, c))) break;
   }
   if (ok && t.n == 0) printf("No resources found.\n");
   else if (ok) table_print(&t);
@@ -321,12 +323,7 @@ static int routes_cmd(const opts *o, int npos, char **pos) {
     c[n++] = cell(r, "latency_p50", "%.0fms", 1);
     c[n++] = cell(r, "latency_p95", "%.0fms", 1);
     c[n++] = cell(r, "latency_p99", "%.0fms", 1);
-    for (size_t k = 0; k < n; k++) ok = ok && c[k];
-    if (!ok || !table_add(&t, c)) {
-      for (size_t k = 0; k < n; k++) free(c[k]);
-      ok = false;
-      break;
-    }
+    if (!(ok = table_add(&t, c))) break;
   }
   if (ok && t.n == 0) printf("No routes found.\n");
   else if (ok) table_print(&t);
@@ -368,12 +365,7 @@ static int edges_cmd(const opts *o, int npos, char **pos) {
     char *c[MAX_COLS] = {text(r, "src"), text(r, "dst"), text(r, "src_namespace"), text(r, "dst_namespace"),
                          strdup(json_is_true(json_object_get(r, "secured")) ? MESHCTL_MARK_OK : MESHCTL_MARK_ERR),
                          text(r, "client_id"), text(r, "server_id"), wide ? text(r, "no_tls_reason") : NULL};
-    for (size_t k = 0; k < t.ncols; k++) ok = ok && c[k];
-    if (!ok || !table_add(&t, c)) {
-      for (size_t k = 0; k < MAX_COLS; k++) free(c[k]);
-      ok = false;
-      break;
-    }
+    if (!(ok = table_add(&t, c))) break;
   }
   if (ok && t.n == 0) printf("No edges found.\n");
   else if (ok) table_print(&t);
