@@ -14,6 +14,7 @@
 
 #include <mesh/error.h>
 
+#include "daemon_etcd.h"
 #include "etcd.h"
 
 typedef struct {
@@ -26,6 +27,7 @@ typedef struct {
   char *key; /* the whole key, NUL-terminated (keys with a NUL byte are skipped) */
   char *val;
   size_t len;
+  char *src; /* a registration's source name ("registration ns/name"), else NULL */
 } kv;
 
 enum { ST_IDLE, ST_RANGE, ST_WATCH };
@@ -51,6 +53,7 @@ struct dst_etcd {
   struct evbuffer *msg; /* the watch message being received */
   struct event *retry, *probe, *feed;
   uint32_t debounce_ms;
+  dst_etcd_req *reqs; /* single requests in flight */
 };
 
 static void logf_(dst_etcd *e, const char *level, const char *fmt, ...)
@@ -63,58 +66,6 @@ static void logf_(dst_etcd *e, const char *level, const char *fmt, ...) {
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   e->log(level, line);
-}
-
-/* ---- Base64 (the gateway's encoding of bytes) ------------------------------ */
-
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const char *p, size_t n) {
-  char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
-  if (!out) return NULL;
-  const unsigned char *s = (const unsigned char *)p;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
-                 (i + 2 < n ? s[i + 2] : 0);
-    *o++ = b64chars[v >> 18 & 63];
-    *o++ = b64chars[v >> 12 & 63];
-    *o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
-    *o++ = i + 2 < n ? b64chars[v & 63] : '=';
-  }
-  *o = '\0';
-  return out;
-}
-
-static int b64_val(char c) {
-  const char *p = c ? strchr(b64chars, c) : NULL;
-  return p ? (int)(p - b64chars) : -1;
-}
-
-/* Decodes into a malloc'd, NUL-terminated buffer; NULL when not base64 or out of memory. */
-static char *b64_decode(const char *s, size_t *ret_len) {
-  size_t n = strlen(s);
-  while (n && s[n - 1] == '=') n--;
-  char *out = malloc(n * 3 / 4 + 1);
-  if (!out) return NULL;
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < n; i++) {
-    int v = b64_val(s[i]);
-    if (v < 0) {
-      free(out);
-      return NULL;
-    }
-    acc = acc << 6 | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (char)(acc >> bits & 0xff);
-    }
-  }
-  out[o] = '\0';
-  *ret_len = o;
-  return out;
 }
 
 /* ---- Endpoints -------------------------------------------------------------- */
@@ -188,6 +139,7 @@ static void kvs_clear(dst_etcd *e) {
   for (size_t i = 0; i < e->nkvs; i++) {
     free(e->kvs[i].key);
     free(e->kvs[i].val);
+    free(e->kvs[i].src);
   }
   e->nkvs = 0;
 }
@@ -231,8 +183,15 @@ static bool kv_put(dst_etcd *e, char *key, char *val, size_t len) {
     e->kvs = k;
     e->cap = cap;
   }
+  char src[400], *rsrc = NULL;
+  if (etcd_key_kind(e->prefix, key, src, sizeof src) == ETCD_KEY_REGISTRATION &&
+      !(rsrc = strdup(src))) {
+    free(key);
+    free(val);
+    return false;
+  }
   memmove(e->kvs + i + 1, e->kvs + i, (e->nkvs - i) * sizeof *e->kvs);
-  e->kvs[i] = (kv){key, val, len};
+  e->kvs[i] = (kv){key, val, len, rsrc};
   e->nkvs++;
   return true;
 }
@@ -243,33 +202,29 @@ static void kv_delete(dst_etcd *e, const char *key) {
   if (!found) return;
   free(e->kvs[i].key);
   free(e->kvs[i].val);
+  free(e->kvs[i].src);
   memmove(e->kvs + i, e->kvs + i + 1, (e->nkvs - i - 1) * sizeof *e->kvs);
   e->nkvs--;
 }
 
-static bool manifest_key(const dst_etcd *e, const char *key) {
-  size_t n = strlen(key);
-  if (n <= e->prefix_len || strncmp(key, e->prefix, e->prefix_len) != 0) return false;
-  const char *base = strrchr(key + e->prefix_len, '/');
-  base = base ? base + 1 : key + e->prefix_len;
-  if (*base == '.' || !*base) return false; /* hidden, as the directory store skips them */
-  const char *dot = strrchr(base, '.');
-  return dot && (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml") || !strcmp(dot, ".json"));
-}
-
-/* Hands the whole set to the store; the store logs what it made of it. */
+/* Hands the whole set to the store; the store logs what it made of it.
+ * Manifests first, then registrations (as a directory store serves them),
+ * so that a duplicate is reported at the registration. */
 static void feed_store(dst_etcd *e) {
   size_t n = 0;
   const char **src = malloc((e->nkvs ? e->nkvs : 1) * sizeof *src);
   const char **bufs = malloc((e->nkvs ? e->nkvs : 1) * sizeof *bufs);
   size_t *lens = malloc((e->nkvs ? e->nkvs : 1) * sizeof *lens);
   if (src && bufs && lens) {
-    for (size_t i = 0; i < e->nkvs; i++) {
-      if (!manifest_key(e, e->kvs[i].key)) continue;
-      src[n] = e->kvs[i].key;
-      bufs[n] = e->kvs[i].val;
-      lens[n++] = e->kvs[i].len;
-    }
+    for (int pass = 0; pass < 2; pass++)
+      for (size_t i = 0; i < e->nkvs; i++) {
+        const kv *k = &e->kvs[i];
+        if (pass == 0 ? etcd_key_kind(e->prefix, k->key, NULL, 0) != ETCD_KEY_MANIFEST : !k->src)
+          continue;
+        src[n] = pass == 0 ? k->key : k->src;
+        bufs[n] = k->val;
+        lens[n++] = k->len;
+      }
     int rc = mesh_store_load_buffers(e->store, n, src, bufs, lens);
     if (rc == MESH_ERR_NOMEM || rc == MESH_ERR_INVALID)
       logf_(e, "ERROR", "etcd revision %lld: cannot load: %s", (long long)e->rev, mesh_strerror(rc));
@@ -290,28 +245,18 @@ static void schedule_feed(dst_etcd *e) {
 
 /* ---- JSON ------------------------------------------------------------------- */
 
-/* The gateway writes int64 as strings; accept numbers too. -1 when absent or bad. */
-static int64_t json_i64(const json_t *j) {
-  if (json_is_integer(j)) return json_integer_value(j);
-  const char *s = json_string_value(j);
-  if (!s || !*s) return -1;
-  char *end;
-  long long v = strtoll(s, &end, 10);
-  return *end ? -1 : v;
-}
-
 /* A kv object's key and value, decoded. false when malformed (or a NUL in the key). */
 static bool decode_kv(const json_t *o, char **key, char **val, size_t *len) {
   const char *k = json_string_value(json_object_get(o, "key"));
   const char *v = json_string_value(json_object_get(o, "value"));
   size_t kl = 0;
-  *key = k ? b64_decode(k, &kl) : NULL;
+  *key = k ? etcd_b64_decode(k, &kl) : NULL;
   *val = NULL;
   if (!*key || strlen(*key) != kl) {
     free(*key);
     return false;
   }
-  *val = b64_decode(v ? v : "", len); /* an empty value is left out */
+  *val = etcd_b64_decode(v ? v : "", len); /* an empty value is left out */
   if (!*val) {
     free(*key);
     return false;
@@ -396,7 +341,7 @@ static void on_range(struct evhttp_request *req, void *ud) {
     return;
   }
   json_t *j = body_json(req);
-  int64_t rev = json_i64(json_object_get(json_object_get(j, "header"), "revision"));
+  int64_t rev = etcd_i64(json_object_get(json_object_get(j, "header"), "revision"));
   json_t *kvs = json_object_get(j, "kvs");
   if (rev <= 0 || (kvs && !json_is_array(kvs))) {
     json_decref(j);
@@ -443,7 +388,7 @@ static bool watch_message(dst_etcd *e, const char *text, size_t len) {
     fail(e, true, why);
     return false;
   }
-  int64_t compact = json_i64(json_object_get(res, "compact_revision"));
+  int64_t compact = etcd_i64(json_object_get(res, "compact_revision"));
   if (compact > 0 || json_is_true(json_object_get(res, "canceled"))) {
     char why[200];
     snprintf(why, sizeof why, "watch canceled (%s%lld)",
@@ -465,13 +410,16 @@ static bool watch_message(dst_etcd *e, const char *text, size_t len) {
   bool changed = false;
   json_array_foreach(events, i, ev) {
     json_t *o = json_object_get(ev, "kv");
-    int64_t mod = json_i64(json_object_get(o, "mod_revision"));
+    int64_t mod = etcd_i64(json_object_get(o, "mod_revision"));
     char *key, *val;
     size_t vlen;
     if (!decode_kv(o, &key, &val, &vlen)) continue;
     if (mod > e->rev) e->rev = mod; /* resume after the last event seen, never before */
     const char *type = json_string_value(json_object_get(ev, "type"));
     if (type && !strcmp(type, "DELETE")) {
+      char src[400];
+      if (etcd_key_kind(e->prefix, key, src, sizeof src) == ETCD_KEY_REGISTRATION)
+        logf_(e, "INFO", "%s: gone from etcd (deregistered, or its lease lapsed)", src);
       kv_delete(e, key);
       free(key);
       free(val);
@@ -597,10 +545,126 @@ static void start(dst_etcd *e) {
 
 static void on_retry(evutil_socket_t fd, short what, void *ud) { start(ud); }
 
+/* ---- Single requests (registrations) ----------------------------------------- */
+
+struct dst_etcd_req {
+  dst_etcd *e;
+  struct evhttp_connection *conn; /* freed by libevent once its request is done */
+  char path[48];
+  char *body;          /* JSON text, kept to try the next member with */
+  size_t member, tries;
+  dst_etcd_reply_fn cb; /* NULL: nobody waits for the answer */
+  void *ud;
+  dst_etcd_req *prev, *next;
+};
+
+static void req_free(dst_etcd_req *q) {
+  dst_etcd *e = q->e;
+  if (q->prev) q->prev->next = q->next;
+  else e->reqs = q->next;
+  if (q->next) q->next->prev = q->prev;
+  free(q->body);
+  free(q);
+}
+
+static bool req_send(dst_etcd_req *q);
+
+static void on_req_done(struct evhttp_request *req, void *ud) {
+  dst_etcd_req *q = ud;
+  dst_etcd *e = q->e;
+  int code = req ? evhttp_request_get_response_code(req) : 0;
+  q->conn = NULL; /* libevent frees it after this callback */
+  /* A member that does not answer: the next one, each member once. */
+  if (code == 0 && ++q->tries < e->neps) {
+    q->member = (q->member + 1) % e->neps;
+    if (req_send(q)) return;
+  }
+  json_t *j = code ? body_json(req) : NULL;
+  char why[300] = "";
+  if (code != 200 || !json_is_object(j)) {
+    const char *m = json_string_value(json_object_get(j, "message"));
+    if (!code)
+      snprintf(why, sizeof why, "no answer from etcd (%zu members tried)", q->tries);
+    else
+      snprintf(why, sizeof why, "etcd %s%s: HTTP %d%s%.200s", e->eps[q->member].text, q->path,
+               code, m ? ": " : "", m ? m : "");
+    json_decref(j);
+    j = NULL;
+  }
+  dst_etcd_reply_fn cb = q->cb;
+  void *cud = q->ud;
+  req_free(q);
+  if (cb) cb(cud, j, why);
+  json_decref(j);
+}
+
+static bool req_send(dst_etcd_req *q) {
+  dst_etcd *e = q->e;
+  const endpoint *ep = &e->eps[q->member];
+  struct evhttp_request *req = evhttp_request_new(on_req_done, q);
+  q->conn = req ? evhttp_connection_base_new(e->base, NULL, ep->host, ep->port) : NULL;
+  if (!q->conn) {
+    if (req) evhttp_request_free(req);
+    return false;
+  }
+  evhttp_connection_set_timeout(q->conn, DST_ETCD_REQUEST_TIMEOUT_S);
+  evhttp_connection_set_retries(q->conn, 0);
+  evhttp_connection_set_max_body_size(q->conn, DST_ETCD_MAX_REQUEST_ANSWER);
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  evhttp_add_header(h, "Host", ep->text + 7);
+  evhttp_add_header(h, "Content-Type", "application/json");
+  /* libevent frees a connection on completion only when it is not kept alive. */
+  evhttp_add_header(h, "Connection", "close");
+  evbuffer_add(evhttp_request_get_output_buffer(req), q->body, strlen(q->body));
+  if (evhttp_make_request(q->conn, req, EVHTTP_REQ_POST, q->path) < 0) {
+    evhttp_connection_free(q->conn); /* the request went with it */
+    q->conn = NULL;
+    return false;
+  }
+  evhttp_connection_free_on_completion(q->conn);
+  return true;
+}
+
+int dst_etcd_request(dst_etcd *e, const char *path, json_t *body, dst_etcd_reply_fn cb, void *ud,
+                     dst_etcd_req **ret) {
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  json_decref(body);
+  dst_etcd_req *q = text && strlen(path) < sizeof q->path ? calloc(1, sizeof *q) : NULL;
+  if (!q) {
+    free(text);
+    return MESH_ERR_NOMEM;
+  }
+  *q = (dst_etcd_req){.e = e, .body = text, .member = e->cur, .cb = cb, .ud = ud, .next = e->reqs};
+  snprintf(q->path, sizeof q->path, "%s", path);
+  if (e->reqs) e->reqs->prev = q;
+  e->reqs = q;
+  if (!req_send(q)) {
+    req_free(q);
+    return MESH_ERR_NOMEM;
+  }
+  if (ret) *ret = q;
+  return 0;
+}
+
+void dst_etcd_cancel(dst_etcd_req *q) {
+  if (!q) return;
+  if (q->conn) evhttp_connection_free(q->conn); /* its request goes without its callback */
+  req_free(q);
+}
+
+const char *dst_etcd_prefix(const dst_etcd *e) { return e->prefix; }
+
+size_t dst_etcd_registrations(const dst_etcd *e) {
+  size_t n = 0;
+  for (size_t i = 0; e && i < e->nkvs; i++) n += e->kvs[i].src != NULL;
+  return n;
+}
+
 /* ---- The follower ------------------------------------------------------------ */
 
 void dst_etcd_free(dst_etcd *e) {
   if (!e) return;
+  while (e->reqs) dst_etcd_cancel(e->reqs); /* only those nobody waits for are left */
   close_conns(e);
   if (e->retry) event_free(e->retry);
   if (e->probe) event_free(e->probe);
@@ -637,13 +701,10 @@ int dst_etcd_new(struct event_base *base, mesh_store *st, const dst_etcd_opts *o
   e->debounce_ms = o->debounce_ms;
   e->prefix = strdup(prefix);
   e->prefix_len = strlen(prefix);
-  /* Every key that starts with the prefix: range_end is the prefix with its
-   * last byte plus one (the prefix never ends in 0xff here: it is text). */
-  char end[513];
-  memcpy(end, prefix, e->prefix_len);
-  end[e->prefix_len - 1] = (char)(end[e->prefix_len - 1] + 1);
-  e->key_b64 = b64_encode(prefix, e->prefix_len);
-  e->end_b64 = b64_encode(end, e->prefix_len);
+  char *end = etcd_range_end(prefix); /* every key that starts with the prefix */
+  e->key_b64 = etcd_b64_encode(prefix, e->prefix_len);
+  e->end_b64 = end ? etcd_b64_encode(end, e->prefix_len) : NULL;
+  free(end);
   e->msg = evbuffer_new();
   e->retry = evtimer_new(base, on_retry, e);
   e->probe = event_new(base, -1, EV_PERSIST, on_probe_timer, e);

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include <mesh/store.h>
 
 struct event_base;
@@ -28,13 +30,15 @@ typedef struct dst_etcd dst_etcd;
 #define DST_ETCD_PROBE_MS 1000u                /* a quorum read on the watched member */
 #define DST_ETCD_RETRY_MIN_MS 100u             /* once every member failed in a row, */
 #define DST_ETCD_RETRY_MAX_MS 2000u            /* retried after this, doubling up to this */
+#define DST_ETCD_MAX_REQUEST_ANSWER (1u << 20) /* the answer to a single request */
 #define DST_ETCD_DEFAULT_PREFIX "/libmesh/"
 
 typedef void (*dst_etcd_log_fn)(const char *level, const char *line);
 
 typedef struct {
   const char *endpoints; /* "http://IP:PORT,..." (the scheme may be left out) */
-  const char *prefix;    /* keys "<prefix><name>"; a name that is not *.yaml, *.yml, *.json is skipped */
+  const char *prefix;    /* manifests are keys "<prefix>...*.{yaml,yml,json}", registrations
+                          * "<prefix>registrations/<ns>/<name>"; other keys are skipped */
   uint32_t debounce_ms;  /* quiet time after a watched change before the store is fed */
   dst_etcd_log_fn log;
 } dst_etcd_opts;
@@ -60,5 +64,23 @@ int64_t dst_etcd_revision(const dst_etcd *e);
 void dst_etcd_describe(const dst_etcd *e, char *buf, size_t size);
 /* Read every key again now (SIGHUP), from the current member. */
 void dst_etcd_resync(dst_etcd *e);
+/* The key prefix ("/libmesh/"). */
+const char *dst_etcd_prefix(const dst_etcd *e);
+/* Registrations in the copy (keys under <prefix>registrations/). */
+size_t dst_etcd_registrations(const dst_etcd *e);
+
+/* A single request to the gateway (a lease, a transaction), on a connection
+ * of its own to the member the follower uses; a member that does not
+ * answer within DST_ETCD_REQUEST_TIMEOUT_S passes it to the next, each
+ * member once. cb (may be NULL) then runs once from the loop with etcd's
+ * answer (borrowed), or NULL and why ("etcd http://...: HTTP 400: ..."). */
+typedef struct dst_etcd_req dst_etcd_req;
+typedef void (*dst_etcd_reply_fn)(void *ud, json_t *answer, const char *why);
+/* Takes body. *ret (may be NULL) lets the caller cancel it until cb runs.
+ * 0, MESH_ERR_NOMEM. */
+int dst_etcd_request(dst_etcd *e, const char *path, json_t *body, dst_etcd_reply_fn cb, void *ud,
+                     dst_etcd_req **ret);
+/* Drops a request: its callback never runs. */
+void dst_etcd_cancel(dst_etcd_req *q);
 
 #endif

@@ -669,11 +669,12 @@ static struct evhttp *admin_start(daemon_state *d, const char *addr) {
 
 /* ---- Loop --------------------------------------------------------------- */
 
-/* Registrations go into a directory store; an etcd store refuses them
- * (its replicas would not share an in-memory registration). */
+/* Registrations: in memory with a directory store, as keys under etcd
+ * leases with etcd (shared by the replicas). */
 static int registry_start(daemon_state *d, const mesh_store_opts *so, const char *td, const char *ns,
                           mesh_rpc_server *srv) {
-  dst_registry_opts o = {.store = d->etcd ? NULL : d->store,
+  dst_registry_opts o = {.store = d->store,
+                         .etcd = d->etcd,
                          .so = so,
                          .trust_domain = td ? td : MESH_STORE_DEFAULT_TRUST_DOMAIN,
                          .cp_ns = ns ? ns : MESH_STORE_DEFAULT_CP_NAMESPACE,
@@ -705,8 +706,9 @@ static void usage(FILE *out) {
           "(Destination.Get) and the profile (Destination.GetProfile) of the services they\n"
           "talk to, and the inbound policy documents of their own workload\n"
           "(InboundServerPolicies.WatchWorkload), as streams of JSON lines over HTTP/2\n"
-          "(doc/protocol.md). With --store-dir, meshds may also register their Workloads\n"
-          "under leases (mesh.Registry/Register, Deregister).\n\n"
+          "(doc/protocol.md). meshds may also register their Workloads under leases\n"
+          "(mesh.Registry/Register, Deregister): held in memory with --store-dir, as keys\n"
+          "under etcd leases with --etcd-endpoints (shared by every replica).\n\n"
           "Usage:\n  mesh-destination --store-dir DIR [flags]\n"
           "  mesh-destination --etcd-endpoints http://IP:PORT,... [--etcd-prefix P] [flags]\n\n"
           "Flags:\n"
@@ -717,7 +719,8 @@ static void usage(FILE *out) {
           "                               gateway over plain HTTP; members by IP address,\n"
           "                               comma-separated, tried in turn; doc/etcd.md)\n"
           "      --etcd-prefix P          the key prefix (default /libmesh/): a key\n"
-          "                               P<name>.yaml, .yml or .json holds one manifest file\n"
+          "                               P<name>.yaml, .yml or .json holds one manifest file,\n"
+          "                               Pregistrations/NS/NAME one registration\n"
           "      --listen ADDR            Destination over HTTP/2 (default 127.0.0.1:8086);\n"
           "                               without --identity-dir, plaintext and loopback only\n"
           "      --identity-dir DIR       serve over mTLS as the identity of DIR/leaf.crt\n"

@@ -1,4 +1,4 @@
-/* mesh-destination's workload registrations: Register/Deregister checked as Workload manifests, held under leases, merged into the directory store. */
+/* mesh-destination's workload registrations: Register/Deregister checked as Workload manifests, held under leases: in memory and merged into a directory store, or as keys bound to etcd leases. */
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -11,9 +11,11 @@
 
 #include <mesh/mesh.h>
 
+#include "daemon_etcd.h"
+#include "etcd.h"
 #include "registry.h"
 
-#define SOURCE_PREFIX "registration " /* a registration's source in the snapshot */
+#define SOURCE_PREFIX REGISTRATION_SOURCE /* a registration's source in the snapshot */
 
 typedef struct reg reg;
 struct reg {
@@ -29,10 +31,14 @@ struct reg {
   reg *prev, *next;
 };
 
+typedef struct op op; /* a Register or Deregister in progress on etcd */
+
 struct dst_registry {
   mesh_ctx *ctx;
   struct event_base *base;
   mesh_store *store;
+  dst_etcd *etcd;
+  op *ops;
   const mesh_store_opts *so;
   char td[254], cp_ns[64];
   void (*log)(const char *level, const char *line);
@@ -77,7 +83,7 @@ static int str_field(json_t *o, const char *key, const char *def, char *dst, siz
 }
 
 int dst_registration_parse(mesh_ctx *ctx, const mesh_store_opts *so, const char *body, size_t len,
-                           dst_registration *out, char *why, size_t cap) {
+                           const char *peer, dst_registration *out, char *why, size_t cap) {
   static const char *const known[] = {"namespace", "name",      "labels",       "serviceAccount",
                                       "address",   "addresses", "ports",        "proxyPort",
                                       "adminPort", "weight",    "lease_seconds"};
@@ -135,6 +141,9 @@ int dst_registration_parse(mesh_ctx *ctx, const mesh_store_opts *so, const char 
     for (size_t i = 0; spec && i < sizeof spec_keys / sizeof *spec_keys; i++)
       if ((v = json_object_get(req, spec_keys[i]))) json_object_set(spec, spec_keys[i], v);
     if (meta && (v = json_object_get(req, "labels"))) json_object_set(meta, "labels", v);
+    /* Who may renew or end it, kept with it (an etcd key outlives a replica). */
+    if (meta && peer && *peer)
+      json_object_set_new(meta, "annotations", json_pack("{s:s}", REGISTERED_BY, peer));
     m = meta && spec ? json_pack("{s:s,s:s,s:O,s:O}", "apiVersion", "mesh.libmesh.io/v1alpha1",
                                  "kind", "Workload", "metadata", meta, "spec", spec)
                      : NULL;
@@ -183,12 +192,14 @@ int dst_registration_parse(mesh_ctx *ctx, const mesh_store_opts *so, const char 
 
 int dst_registry_new(mesh_ctx *ctx, struct event_base *base, const dst_registry_opts *o,
                      dst_registry **ret) {
-  if (!ctx || !base || !o || !o->trust_domain || !o->cp_ns || !ret) return MESH_ERR_INVALID;
+  if (!ctx || !base || !o || !o->store || !o->trust_domain || !o->cp_ns || !ret)
+    return MESH_ERR_INVALID;
   dst_registry *r = calloc(1, sizeof *r);
   if (!r) return MESH_ERR_NOMEM;
   r->ctx = ctx;
   r->base = base;
   r->store = o->store;
+  r->etcd = o->etcd;
   r->so = o->so;
   r->log = o->log;
   snprintf(r->td, sizeof r->td, "%s", o->trust_domain);
@@ -197,7 +208,9 @@ int dst_registry_new(mesh_ctx *ctx, struct event_base *base, const dst_registry_
   return 0;
 }
 
-size_t dst_registry_count(const dst_registry *r) { return r ? r->n : 0; }
+size_t dst_registry_count(const dst_registry *r) {
+  return !r ? 0 : r->etcd ? dst_etcd_registrations(r->etcd) : r->n;
+}
 
 static void reg_free(reg *g) {
   if (g->timer) event_free(g->timer);
@@ -214,8 +227,11 @@ static void unlink_reg(dst_registry *r, reg *g) {
   r->n--;
 }
 
+static void op_free(op *o);
+
 void dst_registry_free(dst_registry *r) {
   if (!r) return;
+  while (r->ops) op_free(r->ops);
   while (r->regs) {
     reg *g = r->regs;
     unlink_reg(r, g);
@@ -270,13 +286,14 @@ static void arm(reg *g) {
 }
 
 /* Over mTLS the caller must be the workload's service account; over
- * plaintext (loopback only, see main.c) there is nobody to check. */
+ * plaintext (loopback only, see main.c) there is nobody to check. holder:
+ * who registered it ("" over plaintext), NULL when it is not registered. */
 static bool allowed(dst_registry *r, mesh_rpc_call *call, const char *ns, const char *name,
-                    const char *sa, const reg *existing) {
+                    const char *sa, const char *holder) {
   const char *peer = mesh_rpc_call_peer_identity(call);
   char want[400];
   if (!peer) {
-    if (existing && existing->peer[0]) {
+    if (holder && holder[0]) {
       mesh_rpc_reply_error(call, 403, MESH_RPC_CODE_PERMISSION_DENIED,
                            "registered over mTLS: only its identity may change it");
       return false;
@@ -294,10 +311,10 @@ static bool allowed(dst_registry *r, mesh_rpc_call *call, const char *ns, const 
       return false;
     }
   }
-  if (existing && strcmp(existing->peer, peer)) {
+  if (holder && strcmp(holder, peer)) {
     char why[800];
     snprintf(why, sizeof why, "%s/%s is registered by %s, not %s", ns, name,
-             existing->peer[0] ? existing->peer : "a plaintext caller", peer);
+             holder[0] ? holder : "a plaintext caller", peer);
     rlog(r, "WARN", "registration change refused: %s", why);
     mesh_rpc_reply_error(call, 403, MESH_RPC_CODE_PERMISSION_DENIED, why);
     return false;
@@ -323,10 +340,10 @@ static const char *manifest_source(dst_registry *r, const char *ns, const char *
   return found;
 }
 
-static void reply_lease(mesh_rpc_call *call, const reg *g, bool renewed) {
+static void reply_lease(mesh_rpc_call *call, const char *lease_id, uint32_t lease_s, bool renewed) {
   char out[200];
   snprintf(out, sizeof out, "{\"lease_id\":\"%s\",\"lease_seconds\":%u,\"renewed\":%s}",
-           g->lease_id, g->lease_s, renewed ? "true" : "false");
+           lease_id, lease_s, renewed ? "true" : "false");
   mesh_rpc_reply(call, 200, out);
 }
 
@@ -338,27 +355,21 @@ static void store_refused(dst_registry *r, mesh_rpc_call *call, int rc) {
   mesh_rpc_reply_error(call, 503, MESH_RPC_CODE_UNAVAILABLE, why);
 }
 
+static void etcd_register(dst_registry *r, mesh_rpc_call *call, dst_registration *in);
+static void etcd_deregister(dst_registry *r, mesh_rpc_call *call, const char *ns, const char *name);
+
 static void on_register(void *ud, mesh_rpc_call *call) {
   dst_registry *r = ud;
-  if (!r->store) {
-    mesh_rpc_reply_error(call, 412, MESH_RPC_CODE_FAILED_PRECONDITION,
-                         "registrations need --store-dir: the etcd store does not take them");
-    return;
-  }
   size_t len = 0;
   const char *body = mesh_rpc_call_body(call, &len);
   dst_registration in;
   char why[600];
-  int rc = dst_registration_parse(r->ctx, r->so, body, len, &in, why, sizeof why);
+  int rc = dst_registration_parse(r->ctx, r->so, body, len, mesh_rpc_call_peer_identity(call), &in,
+                                  why, sizeof why);
   if (rc) {
     mesh_rpc_reply_error(
         call, rc == MESH_ERR_PARSE ? 400 : 500,
         rc == MESH_ERR_PARSE ? MESH_RPC_CODE_INVALID_ARGUMENT : MESH_RPC_CODE_INTERNAL, why);
-    return;
-  }
-  reg *g = find(r, in.ns, in.name);
-  if (!allowed(r, call, in.ns, in.name, in.sa, g)) {
-    dst_registration_clear(&in);
     return;
   }
   const char *where = manifest_source(r, in.ns, in.name);
@@ -368,6 +379,15 @@ static void on_register(void *ud, mesh_rpc_call *call) {
              "Workload %s/%s is a manifest (%s): a manifest is not replaced by a registration",
              in.ns, in.name, where);
     mesh_rpc_reply_error(call, 412, MESH_RPC_CODE_FAILED_PRECONDITION, msg);
+    dst_registration_clear(&in);
+    return;
+  }
+  if (r->etcd) {
+    etcd_register(r, call, &in); /* takes in */
+    return;
+  }
+  reg *g = find(r, in.ns, in.name);
+  if (!allowed(r, call, in.ns, in.name, in.sa, g ? g->peer : NULL)) {
     dst_registration_clear(&in);
     return;
   }
@@ -391,7 +411,7 @@ static void on_register(void *ud, mesh_rpc_call *call) {
     arm(g);
     if (!same)
       rlog(r, "INFO", "registration %s/%s changed (lease %s)", g->ns, g->name, g->lease_id);
-    reply_lease(call, g, true);
+    reply_lease(call, g->lease_id, g->lease_s, true);
     return;
   }
   if (r->n >= DST_REGISTRATIONS_MAX) {
@@ -440,16 +460,11 @@ static void on_register(void *ud, mesh_rpc_call *call) {
          "registration %s/%s from %s accepted without a peer identity (plaintext): "
          "lease %s, %u s",
          g->ns, g->name, mesh_rpc_call_peer_address(call), g->lease_id, g->lease_s);
-  reply_lease(call, g, false);
+  reply_lease(call, g->lease_id, g->lease_s, false);
 }
 
 static void on_deregister(void *ud, mesh_rpc_call *call) {
   dst_registry *r = ud;
-  if (!r->store) {
-    mesh_rpc_reply_error(call, 412, MESH_RPC_CODE_FAILED_PRECONDITION,
-                         "registrations need --store-dir: the etcd store does not take them");
-    return;
-  }
   size_t len = 0;
   const char *body = mesh_rpc_call_body(call, &len);
   json_error_t je;
@@ -462,6 +477,11 @@ static void on_deregister(void *ud, mesh_rpc_call *call) {
                          "expected {\"namespace\": \"...\", \"name\": \"...\"}");
     return;
   }
+  if (r->etcd) {
+    etcd_deregister(r, call, ns, name);
+    json_decref(req);
+    return;
+  }
   reg *g = find(r, ns, name);
   if (!g) {
     char why[400];
@@ -472,7 +492,7 @@ static void on_deregister(void *ud, mesh_rpc_call *call) {
   }
   json_decref(req);
   /* The service account is the registration's: only its holder may end it. */
-  if (!allowed(r, call, g->ns, g->name, NULL, g)) return;
+  if (!allowed(r, call, g->ns, g->name, NULL, g->peer)) return;
   unlink_reg(r, g);
   rlog(r, "INFO", "registration %s/%s deregistered (lease %s)", g->ns, g->name, g->lease_id);
   reg_free(g);
@@ -481,6 +501,252 @@ static void on_deregister(void *ud, mesh_rpc_call *call) {
     rlog(r, "WARN", "registrations: the store refused the change (%s): %s", mesh_strerror(rc),
          mesh_store_last_error(r->store) ? mesh_store_last_error(r->store) : "");
   mesh_rpc_reply(call, 200, "{}");
+}
+
+/* ---- On etcd ------------------------------------------------------------ */
+
+/* A registration is the key <prefix>registrations/<ns>/<name> holding its
+ * Workload manifest, bound to an etcd lease of lease_seconds: etcd deletes
+ * it when the lease lapses, every replica's watch sees it come and go, and
+ * a restarted replica reads it back. Register reads the key (who holds it,
+ * under which lease), then either keeps that lease alive (nothing changed:
+ * one request) or grants a new one and writes the key in a transaction
+ * that fails if the key changed since the read, then revokes the old lease.
+ * Deregister reads the key, then revokes its lease, which deletes it. */
+struct op {
+  dst_registry *r;
+  mesh_rpc_call *call;
+  dst_registration in; /* Register; a Deregister has in.manifest NULL */
+  char ns[64], name[254];
+  char *key;           /* base64 */
+  long long mod, lease, new_lease; /* the key's mod_revision and lease as read (0: none) */
+  char *held;          /* the manifest as read, NULL when the key is absent */
+  size_t held_len;
+  dst_etcd_req *req;
+  op *prev, *next;
+};
+
+static void op_free(op *o) {
+  dst_registry *r = o->r;
+  dst_etcd_cancel(o->req);
+  if (o->prev) o->prev->next = o->next;
+  else r->ops = o->next;
+  if (o->next) o->next->prev = o->prev;
+  dst_registration_clear(&o->in);
+  free(o->key);
+  free(o->held);
+  free(o);
+}
+
+/* The call is answered: the op ends. */
+static void op_error(op *o, int status, const char *code, const char *why) {
+  mesh_rpc_reply_error(o->call, status, code, why);
+  op_free(o);
+}
+
+static void op_send(op *o, const char *path, json_t *body, dst_etcd_reply_fn then) {
+  if (dst_etcd_request(o->r->etcd, path, body, then, o, &o->req) < 0)
+    op_error(o, 500, MESH_RPC_CODE_INTERNAL, "out of memory");
+}
+
+/* Nobody waits for a revoke: a lease left behind lapses by itself. */
+static void revoke(dst_registry *r, long long lease) {
+  if (lease > 0)
+    dst_etcd_request(r->etcd, "/v3/lease/revoke", json_pack("{s:I}", "ID", (json_int_t)lease),
+                     NULL, NULL, NULL);
+}
+
+/* Who registered the held manifest: its REGISTERED_BY annotation, "" when
+ * none (plaintext, or a key written by hand). */
+static void holder_of(const op *o, char *out, size_t cap) {
+  json_error_t je;
+  json_t *m = json_loadb(o->held, o->held_len, 0, &je);
+  const char *p = json_string_value(
+      json_object_get(json_object_get(json_object_get(m, "metadata"), "annotations"), REGISTERED_BY));
+  snprintf(out, cap, "%s", p ? p : "");
+  json_decref(m);
+}
+
+static void lease_text(long long id, char *out, size_t cap) {
+  snprintf(out, cap, "%016llx", (unsigned long long)id);
+}
+
+static void on_written(void *ud, json_t *answer, const char *why) {
+  op *o = ud;
+  dst_registry *r = o->r;
+  o->req = NULL;
+  if (!answer || !json_is_true(json_object_get(answer, "succeeded"))) {
+    revoke(r, o->new_lease);
+    if (!answer) op_error(o, 503, MESH_RPC_CODE_UNAVAILABLE, why);
+    else
+      op_error(o, 409, MESH_RPC_CODE_ABORTED,
+               "the registration changed meanwhile (another replica or caller): try again");
+    return;
+  }
+  if (o->lease != o->new_lease) revoke(r, o->lease);
+  char id[24];
+  lease_text(o->new_lease, id, sizeof id);
+  const char *peer = mesh_rpc_call_peer_identity(o->call);
+  rlog(r, peer ? "INFO" : "WARN", "registration %s/%s%s (%s) from %s: etcd lease %s, %u s", o->ns,
+       o->name, o->held ? " changed" : "", peer ? peer : "plaintext: no peer identity",
+       mesh_rpc_call_peer_address(o->call), id, o->in.lease_s);
+  reply_lease(o->call, id, o->in.lease_s, o->held != NULL);
+  op_free(o);
+}
+
+/* The key, bound to the new lease, if nobody wrote it since it was read. */
+static void on_granted(void *ud, json_t *answer, const char *why) {
+  op *o = ud;
+  o->req = NULL;
+  o->new_lease = etcd_i64(json_object_get(answer, "ID"));
+  if (o->new_lease <= 0) {
+    op_error(o, 503, MESH_RPC_CODE_UNAVAILABLE, answer ? "etcd granted no lease" : why);
+    return;
+  }
+  char *val = etcd_b64_encode(o->in.manifest, o->in.len);
+  json_t *cmp = o->held ? json_pack("{s:s,s:s,s:s,s:I}", "key", o->key, "target", "MOD", "result",
+                                    "EQUAL", "mod_revision", (json_int_t)o->mod)
+                        : json_pack("{s:s,s:s,s:s,s:I}", "key", o->key, "target", "CREATE",
+                                    "result", "EQUAL", "create_revision", (json_int_t)0);
+  json_t *body = val && cmp ? json_pack("{s:[o],s:[{s:{s:s,s:s,s:I}}]}", "compare", cmp, "success",
+                                        "request_put", "key", o->key, "value", val, "lease",
+                                        (json_int_t)o->new_lease)
+                            : NULL;
+  free(val);
+  if (!body) {
+    revoke(o->r, o->new_lease);
+    op_error(o, 500, MESH_RPC_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  op_send(o, "/v3/kv/txn", body, on_written);
+}
+
+static void grant(op *o) {
+  op_send(o, "/v3/lease/grant", json_pack("{s:I}", "TTL", (json_int_t)o->in.lease_s), on_granted);
+}
+
+static void on_kept_alive(void *ud, json_t *answer, const char *why) {
+  op *o = ud;
+  o->req = NULL;
+  (void)why;
+  /* A lease that lapsed since the read has no TTL, and took the key with
+   * it: write it anew (the transaction checks that it is gone). */
+  if (etcd_i64(json_object_get(json_object_get(answer, "result"), "TTL")) <= 0) {
+    free(o->held);
+    o->held = NULL;
+    o->lease = 0;
+    grant(o);
+    return;
+  }
+  char id[24];
+  lease_text(o->lease, id, sizeof id);
+  reply_lease(o->call, id, o->in.lease_s, true);
+  op_free(o);
+}
+
+static void on_removed(void *ud, json_t *answer, const char *why) {
+  op *o = ud;
+  o->req = NULL;
+  if (!answer) {
+    op_error(o, 503, MESH_RPC_CODE_UNAVAILABLE, why);
+    return;
+  }
+  char id[24];
+  lease_text(o->lease, id, sizeof id);
+  rlog(o->r, "INFO", "registration %s/%s deregistered (etcd lease %s)", o->ns, o->name, id);
+  mesh_rpc_reply(o->call, 200, "{}");
+  op_free(o);
+}
+
+static void on_read(void *ud, json_t *answer, const char *why) {
+  op *o = ud;
+  dst_registry *r = o->r;
+  o->req = NULL;
+  json_t *kv = json_array_get(json_object_get(answer, "kvs"), 0);
+  if (!answer) {
+    op_error(o, 503, MESH_RPC_CODE_UNAVAILABLE, why);
+    return;
+  }
+  if (kv) {
+    const char *v = json_string_value(json_object_get(kv, "value"));
+    o->held = etcd_b64_decode(v ? v : "", &o->held_len);
+    o->mod = etcd_i64(json_object_get(kv, "mod_revision"));
+    o->lease = etcd_i64(json_object_get(kv, "lease"));
+    if (o->lease < 0) o->lease = 0; /* absent: a key without a lease */
+    if (!o->held || o->mod <= 0) {
+      op_error(o, 503, MESH_RPC_CODE_UNAVAILABLE, "etcd: not a range answer");
+      return;
+    }
+  }
+  char holder[400];
+  if (o->held) holder_of(o, holder, sizeof holder);
+  if (!o->in.manifest) { /* Deregister */
+    if (!o->held) {
+      char msg[400];
+      snprintf(msg, sizeof msg, "no registration %s/%s", o->ns, o->name);
+      op_error(o, 404, MESH_RPC_CODE_NOT_FOUND, msg);
+    } else if (!allowed(r, o->call, o->ns, o->name, NULL, holder)) {
+      op_free(o); /* answered */
+    } else if (o->lease > 0) {
+      op_send(o, "/v3/lease/revoke", json_pack("{s:I}", "ID", (json_int_t)o->lease), on_removed);
+    } else {
+      op_send(o, "/v3/kv/deleterange", json_pack("{s:s}", "key", o->key), on_removed);
+    }
+    return;
+  }
+  if (!allowed(r, o->call, o->ns, o->name, o->in.sa, o->held ? holder : NULL)) {
+    op_free(o);
+    return;
+  }
+  if (!o->held && dst_etcd_registrations(r->etcd) >= DST_REGISTRATIONS_MAX) {
+    op_error(o, 429, MESH_RPC_CODE_RESOURCE_EXHAUSTED, "too many registrations");
+    return;
+  }
+  bool same = o->held && o->held_len == o->in.len && !memcmp(o->held, o->in.manifest, o->in.len);
+  if (same && o->lease > 0)
+    op_send(o, "/v3/lease/keepalive", json_pack("{s:I}", "ID", (json_int_t)o->lease),
+            on_kept_alive);
+  else
+    grant(o);
+}
+
+/* in.manifest set: a Register (taken from in); else a Deregister. */
+static void etcd_start(dst_registry *r, mesh_rpc_call *call, dst_registration *in, const char *ns,
+                       const char *name) {
+  op *o = calloc(1, sizeof *o);
+  char *key = o ? etcd_registration_key(dst_etcd_prefix(r->etcd), ns, name) : NULL;
+  if (o) o->key = key ? etcd_b64_encode(key, strlen(key)) : NULL;
+  free(key);
+  if (!o || !o->key) {
+    if (o) free(o);
+    if (in) dst_registration_clear(in);
+    mesh_rpc_reply_error(call, 500, MESH_RPC_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  o->r = r;
+  o->call = call;
+  if (in) {
+    o->in = *in;
+    in->manifest = NULL;
+  }
+  snprintf(o->ns, sizeof o->ns, "%s", ns);
+  snprintf(o->name, sizeof o->name, "%s", name);
+  o->next = r->ops;
+  if (r->ops) r->ops->prev = o;
+  r->ops = o;
+  op_send(o, "/v3/kv/range", json_pack("{s:s}", "key", o->key), on_read);
+}
+
+static void etcd_register(dst_registry *r, mesh_rpc_call *call, dst_registration *in) {
+  etcd_start(r, call, in, in->ns, in->name);
+}
+
+static void etcd_deregister(dst_registry *r, mesh_rpc_call *call, const char *ns, const char *name) {
+  if (strlen(ns) >= 64 || strlen(name) >= 254) {
+    mesh_rpc_reply_error(call, 404, MESH_RPC_CODE_NOT_FOUND, "no such registration");
+    return;
+  }
+  etcd_start(r, call, NULL, ns, name);
 }
 
 int dst_registry_handle(dst_registry *r, mesh_rpc_server *srv) {

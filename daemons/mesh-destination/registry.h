@@ -18,6 +18,8 @@ struct event_base;
 #define DST_LEASE_DEFAULT_S 30u
 #define DST_REGISTRATIONS_MAX 10000u /* live registrations: each is a Workload of every snapshot */
 #define DST_REGISTER_BODY_MAX 65536u
+/* The annotation naming the mTLS identity that registered a Workload (none over plaintext). */
+#define REGISTERED_BY "mesh.libmesh.io/registered-by"
 
 /* A registration request made into a Workload manifest. */
 typedef struct {
@@ -29,20 +31,27 @@ typedef struct {
 
 /* Check a Register body (doc/protocol.md) as a Workload manifest is
  * checked (mesh_snapshot_builder_add with the naming options so; NULL:
- * the defaults), and the lease bounds. 0 with *out filled (free its
- * manifest with dst_registration_clear); MESH_ERR_PARSE with why[0..cap)
- * saying what is wrong; MESH_ERR_NOMEM. */
+ * the defaults), and the lease bounds. peer (NULL or "": plaintext) goes
+ * into the manifest as the REGISTERED_BY annotation. 0 with *out filled
+ * (free its manifest with dst_registration_clear); MESH_ERR_PARSE with
+ * why[0..cap) saying what is wrong; MESH_ERR_NOMEM. */
 int dst_registration_parse(mesh_ctx *ctx, const mesh_store_opts *so, const char *body, size_t len,
-                           dst_registration *out, char *why, size_t cap);
+                           const char *peer, dst_registration *out, char *why, size_t cap);
 void dst_registration_clear(dst_registration *r);
 
-/* The registrations of a directory store, held in memory: every change
- * hands the whole set to mesh_store_set_extra, and each lease is a timer on
- * base. Used from the loop's thread only. */
+/* The registrations. With a directory store they are held in memory:
+ * every change hands the whole set to mesh_store_set_extra, and each lease
+ * is a timer on base; they are gone when the daemon stops. With etcd they
+ * are keys <prefix>registrations/<ns>/<name> bound to etcd leases, which
+ * every replica's follower feeds to its store and a restarted replica
+ * reads back. Used from the loop's thread only. */
 typedef struct dst_registry dst_registry;
 
+struct dst_etcd;
+
 typedef struct {
-  mesh_store *store;         /* NULL: an etcd store, which does not take registrations (refused) */
+  mesh_store *store;         /* the store served (a fed store with etcd) */
+  struct dst_etcd *etcd;     /* NULL: registrations in memory, into store */
   const mesh_store_opts *so; /* naming options, as the store's */
   /* A caller's identity must be <sa>.<ns>.serviceaccount.identity.<cp_ns>.<trust_domain>. */
   const char *trust_domain, *cp_ns;
@@ -55,7 +64,8 @@ int dst_registry_new(mesh_ctx *ctx, struct event_base *base, const dst_registry_
 /* Serve Register and Deregister on srv. */
 int dst_registry_handle(dst_registry *r, mesh_rpc_server *srv);
 size_t dst_registry_count(const dst_registry *r);
-/* Drops every registration without touching the store (shutdown). NULL is a no-op. */
+/* Drops every registration without touching the store, and abandons calls
+ * to etcd in flight (shutdown, after the rpc server is gone). NULL is a no-op. */
 void dst_registry_free(dst_registry *r);
 
 #endif

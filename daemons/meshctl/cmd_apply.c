@@ -12,13 +12,11 @@
 
 #include <jansson.h>
 
+#include "daemon_etcd.h"
 #include "meshctl.h"
 
-#define DEFAULT_PREFIX "/libmesh/"
 #define DEFAULT_TIMEOUT_MS 5000
-#define RANGE_LIMIT (256u << 20) /* bytes of one range answer */
-#define TXN_MAX_OPS 128          /* etcd's default --max-txn-ops */
-#define MAX_ENDPOINTS 16
+#define TXN_MAX_OPS 128 /* etcd's default --max-txn-ops */
 
 /* One manifest file of the target (a file of the directory, a key), or one to write. */
 typedef struct {
@@ -27,6 +25,7 @@ typedef struct {
   char *buf;
   size_t len;
   bool is_new;  /* from the command line */
+  bool registration; /* an etcd registration: checked with the rest, never written */
 } entry;
 
 typedef struct {
@@ -34,12 +33,10 @@ typedef struct {
   size_t n, cap;
 } entries;
 
-/* Where the manifests go: exactly one of dir and endpoints. */
+/* Where the manifests go: exactly one of dir and etcd (its endpoints). */
 typedef struct {
   const char *prog, *dir, *prefix;
-  char eps[MAX_ENDPOINTS][128]; /* "IP:PORT" */
-  size_t neps;
-  int timeout_ms;
+  meshctl_etcd etcd;
   long long rev; /* etcd: the revision the entries were read at */
 } target;
 
@@ -71,7 +68,7 @@ static entry *entries_add(entries *es, char *name, char *source, char *buf, size
     return NULL;
   }
   entry *e = &es->items[es->n++];
-  *e = (entry){name, source, buf, len, false};
+  *e = (entry){name, source, buf, len, false, false};
   return e;
 }
 
@@ -81,178 +78,46 @@ static entry *entries_find(entries *es, const char *name) {
   return NULL;
 }
 
-/* ---- Base64, as etcd's JSON gateway carries bytes ------------------------------ */
+/* ---- etcd ------------------------------------------------------------------------ */
 
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const char *p, size_t n) {
-  char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
-  if (!out) return NULL;
-  const unsigned char *s = (const unsigned char *)p;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) |
-                 (i + 2 < n ? s[i + 2] : 0);
-    *o++ = b64chars[v >> 18 & 63];
-    *o++ = b64chars[v >> 12 & 63];
-    *o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
-    *o++ = i + 2 < n ? b64chars[v & 63] : '=';
-  }
-  *o = '\0';
-  return out;
+static bool add_kv(void *ud, int kind, const char *key, const char *source, char *val, size_t len) {
+  entry *e = entries_add(ud, strdup(key), strdup(source), val, len);
+  if (e) e->registration = kind == ETCD_KEY_REGISTRATION;
+  return e != NULL;
 }
 
-static char *b64_decode(const char *s, size_t *ret_len) {
-  size_t n = strlen(s);
-  while (n && s[n - 1] == '=') n--;
-  char *out = malloc(n * 3 / 4 + 1);
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; out && i < n; i++) {
-    const char *p = strchr(b64chars, s[i]);
-    if (!p || !s[i]) {
-      free(out);
-      return NULL;
-    }
-    acc = acc << 6 | (uint32_t)(p - b64chars);
-    if ((bits += 6) >= 8) {
-      bits -= 8;
-      out[o++] = (char)(acc >> bits & 0xff);
-    }
-  }
-  if (out) out[o] = '\0';
-  *ret_len = o;
-  return out;
-}
+/* Every manifest and registration under the prefix, at one revision. */
+static bool etcd_read(target *t, entries *es) { return meshctl_etcd_read(&t->etcd, &t->rev, add_kv, es); }
 
-/* ---- etcd -------------------------------------------------------------------- */
-
-static bool parse_endpoints(target *t, const char *list) {
-  for (const char *p = list; *p;) {
-    const char *comma = strchr(p, ',');
-    size_t len = comma ? (size_t)(comma - p) : strlen(p);
-    if (!strncmp(p, "https://", 8)) {
-      fprintf(stderr, "%s: --etcd-endpoints: TLS to etcd is not supported: give http:// endpoints\n",
-              t->prog);
-      return false;
-    }
-    if (len >= 7 && !strncmp(p, "http://", 7)) {
-      p += 7;
-      len -= 7;
-    }
-    if (len && p[len - 1] == '/') len--;
-    if (t->neps == MAX_ENDPOINTS || len == 0 || len >= sizeof t->eps[0] || !memchr(p, ':', len)) {
-      fprintf(stderr, "%s: --etcd-endpoints: expected http://HOST:PORT,... (at most %d)\n", t->prog,
-              MAX_ENDPOINTS);
-      return false;
-    }
-    memcpy(t->eps[t->neps], p, len);
-    t->eps[t->neps++][len] = '\0';
-    if (!comma) break;
-    p = comma + 1;
-  }
-  return t->neps > 0;
-}
-
-/* POSTs body to path on the first member that answers; the answer's JSON,
- * or NULL after saying why. */
-static json_t *etcd_call(target *t, const char *path, json_t *body) {
-  char *text = json_dumps(body, JSON_COMPACT);
-  json_decref(body);
-  if (!text) {
-    fprintf(stderr, "%s: out of memory\n", t->prog);
-    return NULL;
-  }
-  char why[512] = "no endpoint";
-  json_t *res = NULL;
-  for (size_t i = 0; i < t->neps && !res; i++) {
-    int status = 0;
-    char *ans = NULL;
-    size_t len = 0;
-    if (meshctl_http_request("POST", t->eps[i], path, text, strlen(text), t->timeout_ms,
-                             RANGE_LIMIT, &status, &ans, &len, why, sizeof why) < 0)
-      continue; /* a member down: the next one */
-    json_error_t je;
-    json_t *j = json_loadb(ans, len, 0, &je);
-    if (status == 200 && json_is_object(j)) {
-      res = j;
-    } else {
-      const char *m = json_string_value(json_object_get(j, "message"));
-      if (!m) m = json_string_value(json_object_get(j, "error"));
-      snprintf(why, sizeof why, "%s%s: HTTP %d: %.300s", t->eps[i], path, status, m ? m : ans);
-      json_decref(j);
-      free(ans);
-      /* An answer from etcd is etcd's word: another member would say the same,
-       * except when this one has no leader. */
-      if (status != 503) break;
-      continue;
-    }
-    free(ans);
-  }
-  free(text);
-  if (!res) fprintf(stderr, "%s: etcd: %s\n", t->prog, why);
-  return res;
-}
-
-static long long json_i64(const json_t *j) {
-  if (json_is_integer(j)) return json_integer_value(j);
-  const char *s = json_string_value(j);
-  return s ? strtoll(s, NULL, 10) : -1;
-}
-
-static char *prefix_end(const char *prefix) {
-  char *end = strdup(prefix);
-  size_t n = end ? strlen(end) : 0;
-  if (n) end[n - 1] = (char)(end[n - 1] + 1);
-  return end;
-}
-
-/* Every manifest key under the prefix, at one revision. */
-static bool etcd_read(target *t, entries *es) {
-  char *end = prefix_end(t->prefix);
-  char *k = b64_encode(t->prefix, strlen(t->prefix)), *e = end ? b64_encode(end, strlen(end)) : NULL;
-  free(end);
-  json_t *res = k && e ? etcd_call(t, "/v3/kv/range", json_pack("{s:s,s:s}", "key", k, "range_end", e)) : NULL;
+/* A compare: no key in [from, to) was written after revision rev. */
+static json_t *unchanged_since(const char *from, const char *to, long long rev) {
+  char *k = etcd_b64_encode(from, strlen(from)), *e = etcd_b64_encode(to, strlen(to));
+  json_t *c = k && e ? json_pack("{s:s,s:s,s:s,s:s,s:I}", "key", k, "range_end", e, "target", "MOD",
+                                 "result", "LESS", "mod_revision", (json_int_t)(rev + 1))
+                     : NULL;
   free(k);
   free(e);
-  if (!res) return false;
-  t->rev = json_i64(json_object_get(json_object_get(res, "header"), "revision"));
-  size_t i;
-  json_t *o;
-  bool ok = t->rev > 0;
-  json_array_foreach(json_object_get(res, "kvs"), i, o) {
-    size_t kl = 0, vl = 0;
-    const char *ks = json_string_value(json_object_get(o, "key"));
-    const char *vs = json_string_value(json_object_get(o, "value"));
-    char *key = ks ? b64_decode(ks, &kl) : NULL, *val = b64_decode(vs ? vs : "", &vl);
-    const char *base = key ? strrchr(key, '/') : NULL;
-    if (!key || !val || strlen(key) != kl || !meshctl_manifest_name(base ? base + 1 : key)) {
-      free(key);
-      free(val);
-      continue; /* not a manifest: mesh-destination skips it too */
-    }
-    if (!entries_add(es, key, strdup(key), val, vl)) ok = false;
-  }
-  json_decref(res);
-  if (!ok) fprintf(stderr, "%s: etcd: not a range answer, or out of memory\n", t->prog);
-  return ok;
+  return c;
 }
 
 /* Puts (put) or deletes the entries' keys, at most TXN_MAX_OPS a
- * transaction, each only if no key under the prefix changed since the read. */
+ * transaction, each only if no manifest key under the prefix changed since
+ * the read. Registrations come and go with proxies: they are left out of
+ * the check (the keys between <prefix>registrations/ and its range end). */
 static bool etcd_write(target *t, entries *es, bool put) {
-  char *end = prefix_end(t->prefix);
-  char *k = b64_encode(t->prefix, strlen(t->prefix)), *e = end ? b64_encode(end, strlen(end)) : NULL;
-  free(end);
-  bool ok = k && e;
+  size_t rl = strlen(t->prefix) + strlen(ETCD_REGISTRATIONS) + 1;
+  char *regs = malloc(rl), *regs_end = NULL, *end = etcd_range_end(t->prefix);
+  if (regs) snprintf(regs, rl, "%s" ETCD_REGISTRATIONS, t->prefix);
+  if (regs) regs_end = etcd_range_end(regs);
+  bool ok = regs && regs_end && end;
   size_t done = 0;
   while (ok && done < es->n) {
     json_t *ops = json_array();
     size_t i = done;
     for (; ok && i < es->n && json_array_size(ops) < TXN_MAX_OPS; i++) {
       if (!es->items[i].is_new) continue; /* what stays as it is */
-      char *kb = b64_encode(es->items[i].name, strlen(es->items[i].name));
-      char *vb = put ? b64_encode(es->items[i].buf, es->items[i].len) : NULL;
+      char *kb = etcd_b64_encode(es->items[i].name, strlen(es->items[i].name));
+      char *vb = put ? etcd_b64_encode(es->items[i].buf, es->items[i].len) : NULL;
       json_t *op = !kb || (put && !vb) ? NULL
                    : put ? json_pack("{s:{s:s,s:s}}", "request_put", "key", kb, "value", vb)
                          : json_pack("{s:{s:s}}", "request_delete_range", "key", kb);
@@ -265,10 +130,11 @@ static bool etcd_write(target *t, entries *es, bool put) {
       json_decref(ops);
       break;
     }
-    /* Nothing under the prefix was written after the read that was checked. */
-    json_t *cmp = json_pack("[{s:s,s:s,s:s,s:s,s:I}]", "key", k, "range_end", e, "target", "MOD",
-                            "result", "LESS", "mod_revision", (json_int_t)(t->rev + 1));
-    json_t *res = etcd_call(t, "/v3/kv/txn", json_pack("{s:o,s:o}", "compare", cmp, "success", ops));
+    /* No manifest was written after the read that was checked. */
+    json_t *cmp = json_pack("[o,o]", unchanged_since(t->prefix, regs, t->rev),
+                            unchanged_since(regs_end, end, t->rev));
+    json_t *res = meshctl_etcd_call(&t->etcd, "/v3/kv/txn",
+                                    json_pack("{s:o,s:o}", "compare", cmp, "success", ops));
     if (!res) {
       ok = false;
       break;
@@ -278,11 +144,12 @@ static bool etcd_write(target *t, entries *es, bool put) {
                       "written; run the command again\n", t->prog, t->prefix);
       ok = false;
     }
-    t->rev = json_i64(json_object_get(json_object_get(res, "header"), "revision"));
+    t->rev = etcd_i64(json_object_get(json_object_get(res, "header"), "revision"));
     json_decref(res);
   }
-  free(k);
-  free(e);
+  free(regs);
+  free(regs_end);
+  free(end);
   return ok;
 }
 
@@ -513,7 +380,9 @@ static int run_cmd(int argc, char **argv, bool del) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  target t = {.prog = argv[0], .prefix = DEFAULT_PREFIX, .timeout_ms = DEFAULT_TIMEOUT_MS};
+  target t = {.prog = argv[0],
+              .prefix = MESHCTL_ETCD_DEFAULT_PREFIX,
+              .etcd = {.prog = argv[0], .timeout_ms = DEFAULT_TIMEOUT_MS}};
   const char *endpoints = NULL, *ns = NULL;
   entries in = {0}, set = {0};
   int c, status = MESHCTL_OK;
@@ -534,7 +403,7 @@ static int run_cmd(int argc, char **argv, bool del) {
         fprintf(stderr, "%s: --timeout-ms is 1 to 600000\n", t.prog);
         status = meshctl_usage_error(t.prog);
       }
-      t.timeout_ms = (int)v;
+      t.etcd.timeout_ms = (int)v;
       break;
     }
     case 'h':
@@ -545,6 +414,7 @@ static int run_cmd(int argc, char **argv, bool del) {
     }
   }
   int rest = argc - optind;
+  t.etcd.prefix = t.prefix;
   if (status == MESHCTL_OK) {
     const char *why = NULL;
     if (!t.dir == !endpoints) why = "give either --store-dir DIR or --etcd-endpoints LIST";
@@ -557,7 +427,7 @@ static int run_cmd(int argc, char **argv, bool del) {
     if (why) {
       fprintf(stderr, "%s: %s\n", t.prog, why);
       status = meshctl_usage_error(t.prog);
-    } else if (endpoints && !parse_endpoints(&t, endpoints)) {
+    } else if (endpoints && !meshctl_etcd_endpoints(&t.etcd, endpoints)) {
       status = meshctl_usage_error(t.prog);
     }
   }
@@ -628,6 +498,13 @@ static int run_cmd(int argc, char **argv, bool del) {
         mesh_manifest_free(m);
         if (!found) continue;
         hits++;
+        if (set.items[i].registration) { /* its proxy would only register it again */
+          fprintf(stderr, "%s: %s %s/%s is a %s: it goes when its proxy deregisters or its "
+                          "lease lapses\n", t.prog, kind, ns ? ns : "default", name,
+                  set.items[i].source);
+          status = MESHCTL_FAILED;
+          continue;
+        }
         if (n > found) {
           fprintf(stderr, "%s: %s %s/%s is in %s with %zu other documents: edit it and apply "
                           "it instead\n", t.prog, kind, ns ? ns : "default", name, set.items[i].source,

@@ -1,4 +1,4 @@
-/* meshctl get: list the resources of a store directory, as kubectl get shows them. */
+/* meshctl get: list the resources of the store (a directory, or etcd with its registrations), as kubectl get shows them. */
 #include <ctype.h>
 #include <getopt.h>
 #include <stdlib.h>
@@ -7,26 +7,32 @@
 
 #include <jansson.h>
 
+#include "daemon_etcd.h"
 #include "meshctl.h"
 
 static void usage(FILE *out) {
   fprintf(out,
           "Show the resources of the store: what mesh-destination serves.\n\n"
           "Usage:\n"
-          "  meshctl get KIND [NAME] --store-dir DIR [-n NS | -A] [-o yaml|json|wide]\n\n"
+          "  meshctl get KIND [NAME] --store-dir DIR [-n NS | -A] [-o yaml|json|wide]\n"
+          "  meshctl get KIND [NAME] --etcd-endpoints LIST [--etcd-prefix P] [...]\n\n"
           "KIND is one of service (svc), workload (wl), serviceprofile (sp), trafficsplit (ts),\n"
           "server (srv), serverauthorization (saz), authorizationpolicy, meshtlsauthentication,\n"
           "networkauthentication, httproute, or all; plurals work too.\n\n"
           "Flags:\n"
           "      --store-dir DIR       the manifest directory mesh-destination watches\n"
           "                            (default: $MESH_STORE_DIR)\n"
+          "      --etcd-endpoints LIST the etcd members mesh-destination reads\n"
+          "                            (http://IP:PORT,...), instead of a directory\n"
+          "      --etcd-prefix P       the key prefix (default /libmesh/)\n"
           "  -n, --namespace NS        the namespace (default: default)\n"
           "  -A, --all-namespaces      every namespace\n"
           "  -o, --output FORMAT       a table (default), wide (with the file and line of\n"
           "                            each resource), yaml or json\n"
           "  -h, --help                show this help\n\n"
-          "The whole directory is loaded as mesh-destination loads it: a bad manifest fails\n"
-          "the command with its file:line:col. apply and delete come later; edit the files.\n"
+          "The whole store is loaded as mesh-destination loads it: a bad manifest fails the\n"
+          "command with its file:line:col (or key). On etcd, the Workloads that proxies\n"
+          "registered are listed too (SOURCE \"registration NS/NAME\" with -o wide).\n"
           "Exit status: 0 when found, 1 when NAME is not there or the store does not load,\n"
           "2 for a usage error.\n");
 }
@@ -253,9 +259,90 @@ static void free_rows(row *rows, size_t n) {
   free(rows);
 }
 
+/* ---- The store ------------------------------------------------------------ */
+
+typedef struct {
+  const char **src, **buf;
+  size_t *len, n, cap;
+} kvset;
+
+static bool kvset_add(kvset *s, const char *src, char *val, size_t len) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    const char **a = realloc(s->src, cap * sizeof *a);
+    if (a) s->src = a;
+    const char **b = a ? realloc(s->buf, cap * sizeof *b) : NULL;
+    if (b) s->buf = b;
+    size_t *l = b ? realloc(s->len, cap * sizeof *l) : NULL;
+    if (l) s->len = l;
+    if (!l) return false;
+    s->cap = cap;
+  }
+  char *copy = strdup(src);
+  if (!copy) return false;
+  s->src[s->n] = copy;
+  s->buf[s->n] = val;
+  s->len[s->n++] = len;
+  return true;
+}
+
+static void kvset_free(kvset *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    free((char *)s->src[i]);
+    free((char *)s->buf[i]);
+  }
+  free(s->src);
+  free(s->buf);
+  free(s->len);
+}
+
+/* Manifests in one set, registrations in the other: mesh-destination loads
+ * the manifests first. */
+static bool add_kv(void *ud, int kind, const char *key, const char *source, char *val, size_t len) {
+  kvset *sets = ud;
+  (void)key;
+  if (kvset_add(&sets[kind == ETCD_KEY_REGISTRATION], source, val, len)) return true;
+  free(val);
+  return false;
+}
+
+/* The store as mesh-destination serves it: a directory, or etcd's keys. */
+static int load_store(mesh_ctx *ctx, const char *dir, const meshctl_etcd *etcd, mesh_store **st) {
+  mesh_store_opts *so = NULL;
+  mesh_diags *diags = NULL;
+  kvset sets[2] = {{0}};
+  const char *where = dir ? dir : etcd->prefix;
+  long long rev = 0;
+  int rc = mesh_store_opts_new(ctx, &so);
+  if (!rc && dir) {
+    rc = mesh_store_opts_set_dir(so, dir);
+    if (!rc) rc = mesh_diags_new(ctx, &diags);
+    if (!rc) rc = mesh_store_new(ctx, so, diags, st);
+    meshctl_print_diags(stderr, diags);
+  } else if (!rc) {
+    if (!meshctl_etcd_read(etcd, &rev, add_kv, sets)) rc = MESH_ERR_IO;
+    for (size_t i = 0; !rc && i < sets[1].n; i++)
+      if (!kvset_add(&sets[0], sets[1].src[i], (char *)sets[1].buf[i], sets[1].len[i])) rc = MESH_ERR_NOMEM;
+      else sets[1].buf[i] = NULL; /* moved */
+    if (!rc) rc = mesh_store_new_fed(ctx, so, where, st);
+    if (!rc) rc = mesh_store_load_buffers(*st, sets[0].n, sets[0].src, sets[0].buf, sets[0].len);
+    if (rc == MESH_ERR_PARSE || rc == MESH_ERR_LIMIT)
+      fprintf(stderr, "%s\n", mesh_store_last_error(*st) ? mesh_store_last_error(*st) : "");
+  }
+  if (rc < 0)
+    fprintf(stderr, "meshctl get: %s: the store does not load: %s\n", where, mesh_strerror(rc));
+  kvset_free(&sets[0]);
+  kvset_free(&sets[1]);
+  mesh_diags_free(diags);
+  mesh_store_opts_free(so);
+  return rc;
+}
+
 static int run(int argc, char **argv) {
   static const struct option opts[] = {
       {"store-dir", required_argument, NULL, 'd'},
+      {"etcd-endpoints", required_argument, NULL, 'E'},
+      {"etcd-prefix", required_argument, NULL, 'P'},
       {"namespace", required_argument, NULL, 'n'},
       {"all-namespaces", no_argument, NULL, 'A'},
       {"output", required_argument, NULL, 'o'},
@@ -263,12 +350,19 @@ static int run(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   const char *prog = argv[0], *dir = getenv("MESH_STORE_DIR"), *ns = "default", *out = "table";
-  bool all_ns = false;
+  const char *endpoints = NULL;
+  meshctl_etcd etcd = {.prog = prog, .prefix = MESHCTL_ETCD_DEFAULT_PREFIX, .timeout_ms = 5000};
+  bool all_ns = false, dir_flag = false;
   int c;
   optind = 0;
   while ((c = getopt_long(argc, argv, "n:Ao:h", opts, NULL)) != -1) {
     switch (c) {
-    case 'd': dir = optarg; break;
+    case 'd':
+      dir = optarg;
+      dir_flag = true;
+      break;
+    case 'E': endpoints = optarg; break;
+    case 'P': etcd.prefix = optarg; break;
     case 'n': ns = optarg; break;
     case 'A': all_ns = true; break;
     case 'o':
@@ -292,25 +386,27 @@ static int run(int argc, char **argv) {
     fprintf(stderr, "%s: unknown kind '%s'\n", prog, argv[optind]);
     return meshctl_usage_error(prog);
   }
-  if (!dir || !*dir) {
-    fprintf(stderr, "%s: give the store directory with --store-dir DIR (or MESH_STORE_DIR)\n", prog);
+  if (endpoints && dir_flag) {
+    fprintf(stderr, "%s: give either --store-dir DIR or --etcd-endpoints LIST\n", prog);
+    return meshctl_usage_error(prog);
+  }
+  if (endpoints) {
+    dir = NULL; /* the flag wins over MESH_STORE_DIR */
+    if (!*etcd.prefix) {
+      fprintf(stderr, "%s: --etcd-prefix is empty\n", prog);
+      return meshctl_usage_error(prog);
+    }
+    if (!meshctl_etcd_endpoints(&etcd, endpoints)) return meshctl_usage_error(prog);
+  } else if (!dir || !*dir) {
+    fprintf(stderr, "%s: give the store with --store-dir DIR (or MESH_STORE_DIR) or "
+                    "--etcd-endpoints LIST\n", prog);
     return meshctl_usage_error(prog);
   }
   mesh_ctx *ctx = meshctl_ctx(prog);
   if (!ctx) return MESHCTL_FAILED;
-  mesh_store_opts *so = NULL;
-  mesh_diags *diags = NULL;
   mesh_store *st = NULL;
   int status = MESHCTL_FAILED;
-  int rc = mesh_store_opts_new(ctx, &so);
-  if (!rc) rc = mesh_store_opts_set_dir(so, dir);
-  if (!rc) rc = mesh_diags_new(ctx, &diags);
-  if (!rc) rc = mesh_store_new(ctx, so, diags, &st);
-  if (rc < 0) {
-    meshctl_print_diags(stderr, diags);
-    fprintf(stderr, "%s: %s: the store does not load: %s\n", prog, dir, mesh_strerror(rc));
-    goto done;
-  }
+  if (load_store(ctx, dir, &etcd, &st) < 0) goto done;
   mesh_snapshot *snap = mesh_store_snapshot(st);
   json_t *items = json_array();
   row *rows = NULL;
@@ -387,15 +483,13 @@ static int run(int argc, char **argv) {
   json_decref(items);
 done:
   mesh_store_free(st);
-  mesh_diags_free(diags);
-  mesh_store_opts_free(so);
   mesh_ctx_free(ctx);
   return status;
 }
 
 const meshctl_command meshctl_cmd_get = {
     .name = "get",
-    .summary = "show the Services, Workloads, profiles... of a store directory",
+    .summary = "show the Services, Workloads, profiles... of the store (a directory or etcd)",
     .run = run,
     .usage = usage,
 };

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include <mesh/mesh.h>
 
 /* Exit codes, as every command returns them. */
@@ -88,6 +90,28 @@ int meshctl_http_request(const char *method, const char *addr, const char *path,
 
 /* Prints "Run 'meshctl <cmd> --help' for usage." and returns MESHCTL_USAGE. */
 int meshctl_usage_error(const char *prog);
+
+/* ---- etcd, through its v3 JSON gateway (apply, delete, get) ---- */
+#define MESHCTL_ETCD_MAX_ENDPOINTS 16
+#define MESHCTL_ETCD_DEFAULT_PREFIX "/libmesh/"
+typedef struct {
+  const char *prog, *prefix;
+  char eps[MESHCTL_ETCD_MAX_ENDPOINTS][128]; /* "IP:PORT" */
+  size_t neps;
+  int timeout_ms;
+} meshctl_etcd;
+/* --etcd-endpoints into t->eps; false after saying why. */
+bool meshctl_etcd_endpoints(meshctl_etcd *t, const char *list);
+/* POSTs body (taken) to path on the first member that answers; the
+ * answer's JSON, or NULL after saying why. */
+json_t *meshctl_etcd_call(const meshctl_etcd *t, const char *path, json_t *body);
+/* Each key under the prefix that holds a manifest or a registration
+ * (kind: ETCD_KEY_* of daemon_etcd.h), read at one revision (*rev): the
+ * key, how diagnostics name it (the key, or "registration ns/name") and
+ * its value (malloc'd, taken by fn). false after saying why, or when fn does. */
+typedef bool (*meshctl_etcd_kv_fn)(void *ud, int kind, const char *key, const char *source, char *val,
+                                   size_t len);
+bool meshctl_etcd_read(const meshctl_etcd *t, long long *rev, meshctl_etcd_kv_fn fn, void *ud);
 /* -o text|json: false (after saying why on stderr) for anything else. */
 bool meshctl_parse_output(const char *prog, const char *arg, bool *json);
 

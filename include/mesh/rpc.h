@@ -53,6 +53,7 @@ MESH_BEGIN_DECLS
 #define MESH_RPC_CODE_NOT_FOUND "not_found"                     /* 404 */
 #define MESH_RPC_CODE_RESOURCE_EXHAUSTED "resource_exhausted"   /* 413 / 429 */
 #define MESH_RPC_CODE_INTERNAL "internal"                       /* 500 */
+#define MESH_RPC_CODE_ABORTED "aborted"                         /* 409: a concurrent change; try again */
 
 /* What the server answers by itself:
  *   unknown path                    404 not_found

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mesh-destination on etcd: a three-member cluster and two replicas; meshctl apply/delete; identical answers, a member killed (a meshd's traffic unharmed), a compaction, a bad manifest, a replica killed.
+# mesh-destination on etcd: a three-member cluster and two replicas; meshctl apply/get/delete; identical answers, registrations under etcd leases, a member killed (a meshd's traffic unharmed), a compaction, a bad manifest, a replica killed.
 set -euo pipefail
 daemon=$(realpath "$1")
 meshctl=$(realpath "$2")
@@ -352,6 +352,65 @@ within compacted-a 3000 ga.out '"addr":"127\.0\.0\.6:4143","weight":6'
 within compacted-b 3000 gb.out '"addr":"127\.0\.0\.6:4143","weight":6'
 matches compacted-log a.log 'watch canceled \(revision compacted'
 same get-4 "$GET" web.shop:80 '127\.0\.0\.6:4143'
+
+# ---- Registrations live in etcd under leases: every replica serves them, a
+# replica started later reads them, they lapse with their lease, and
+# meshctl shows them but does not delete them.
+register() { # REPLICA_PORT NAME ADDRESS LEASE_SECONDS: the answer's body
+  timeout 5 curl -sS --http2-prior-knowledge -H 'content-type: application/json' \
+    --data-binary "{\"namespace\":\"shop\",\"name\":\"$2\",\"serviceAccount\":\"web\",\"address\":\"$3\",\"labels\":{\"app\":\"web\"},\"ports\":[{\"name\":\"http\",\"port\":8080}],\"lease_seconds\":$4}" \
+    "http://127.0.0.1:$1/mesh.Registry/Register"
+}
+deregister() { # REPLICA_PORT NAME: the answer's body
+  timeout 5 curl -sS --http2-prior-knowledge -H 'content-type: application/json' \
+    --data-binary "{\"namespace\":\"shop\",\"name\":\"$2\"}" "http://127.0.0.1:$1/mesh.Registry/Deregister"
+}
+register "$a_port" web-r 127.0.0.8 30 >reg1.out
+matches register-a reg1.out '^\{"lease_id":"[0-9a-f]{16}","lease_seconds":30,"renewed":false\}$'
+within registered-a 1000 ga.out '"addr":"127\.0\.0\.8:4143"'
+echo "a registration through replica a reached a's stream in ${took} ms"
+within registered-b 1000 gb.out '"addr":"127\.0\.0\.8:4143"'
+echo "... and b's in ${took} ms"
+register "$b_port" web-r 127.0.0.8 30 >reg2.out # a renewal through the other replica: the same lease
+equals renewed-same-lease "$(sed 's/"renewed":false/"renewed":true/' reg1.out)" "$(cat reg2.out)"
+checks=$((checks + 1))
+timeout 20 "$meshctl" get workload web-r -n shop -o wide --etcd-endpoints "$EPS" >getreg.out 2>getreg.err ||
+  fail "meshctl get on etcd: $(cat getreg.err)"
+matches get-registration getreg.out '^web-r .*registration shop/web-r:1$'
+checks=$((checks + 1))
+timeout 20 "$meshctl" get workload -n shop --etcd-endpoints "$EPS" >getall.out 2>&1 || fail "meshctl get: $(cat getall.out)"
+matches get-manifests-too getall.out '^web-1 '
+got=0
+timeout 20 "$meshctl" delete Workload web-r -n shop --etcd-endpoints "$EPS" >/dev/null 2>delreg.err || got=$?
+equals delete-registration-exit "$got" 1
+matches delete-registration delreg.err 'is a registration shop/web-r: it goes when its proxy deregisters'
+# A manifest of a registered name is refused by apply (mesh-destination would refuse the set).
+sed 's/web-2/web-r/' web-2.yaml >dup-reg.yaml
+got=0
+timeout 20 "$meshctl" apply -f dup-reg.yaml --etcd-endpoints "$EPS" >/dev/null 2>dupreg.err || got=$?
+equals apply-over-registration-exit "$got" 1
+matches apply-over-registration dupreg.err 'Workload shop/web-r is already defined at registration shop/web-r'
+# A replica started now reads the registration from etcd.
+start_replica c2 "http://127.0.0.1:${C[2]}"
+x=$(once "$c2_port" "$GET" web.shop:80)
+printf '%s\n' "$x" >late.first
+matches late-replica late.first '127\.0\.0\.8:4143'
+kill "$c2_pid"
+# Deregistering through b removes web-r from both; web-s, never renewed, lapses with its lease.
+register "$a_port" web-s 127.0.0.10 3 >/dev/null
+within registered-s 1000 gb.out '"addr":"127\.0\.0\.10:4143"'
+equals deregister "$(deregister "$b_port" web-r)" '{}'
+within deregistered-a 1000 ga.out '^\{"remove":\{"addrs":\[\{"addr":"127\.0\.0\.8:4143"\}\]\}\}$'
+echo "a deregistration through replica b reached a's stream in ${took} ms"
+within lapsed-a 6000 ga.out '^\{"remove":\{"addrs":\[\{"addr":"127\.0\.0\.10:4143"\}\]\}\}$'
+within lapsed-b 1000 gb.out '^\{"remove":\{"addrs":\[\{"addr":"127\.0\.0\.10:4143"\}\]\}\}$'
+matches lapsed-log a.log 'registration shop/web-s: gone from etcd'
+got=$(deregister "$a_port" web-s)
+printf '%s\n' "$got" >dereg-gone.out
+matches deregister-gone dereg-gone.out '"code":"not_found".*no registration shop/web-s'
+equals no-registration-left "$(curl -s -X POST "http://127.0.0.1:${C[2]}/v3/kv/range" \
+  -d "{\"key\":\"$(printf /libmesh/registrations/ | base64 -w0)\",\"range_end\":\"$(printf /libmesh/registrations0 | base64 -w0)\",\"count_only\":true}" |
+  "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("count","0"))')" 0
 
 # ---- Kill replica b: a keeps answering, old streams and new.
 kill "$b_pid"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Integration: meshds register their Workloads with mesh-destination under leases: they become endpoints, a SIGTERM deregisters at once, a SIGKILL lapses with the lease, another identity is refused.
+# Integration: meshds register their Workloads with mesh-destination under leases: they become endpoints, a SIGTERM deregisters at once, a SIGKILL lapses with the lease, another identity is refused. With "etcd" as the last argument, mesh-destination keeps them in etcd (a real member) under etcd leases.
 set -euo pipefail
 meshd=$(realpath "$1") # meson may pass paths relative to the build dir
 dest=$(realpath "$2")
 pki=$(realpath "$3")
 load=$(realpath "$4")
 peers=$(realpath "$5")
+store=${6:-dir} # dir or etcd
 . "$(dirname "$(realpath "$0")")/meshd_lib.sh"
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 T0=$(now_ms)
@@ -15,8 +16,8 @@ ok() { echo "ok (at $(($(now_ms) - T0)) ms): $*"; }
   dest linkerd linkerd-destination >/dev/null
 DEST_ID=linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local
 
-read -r P_APP1 P_APP2 P_IN P_DST P_DADM P_CADM P_S1ADM P_S2ADM P_S3ADM P_WEB \
-  <<<"$(timeout 20 "$PY" "$load" free-ports 10)"
+read -r P_APP1 P_APP2 P_IN P_DST P_DADM P_CADM P_S1ADM P_S2ADM P_S3ADM P_WEB P_EC P_EP \
+  <<<"$(timeout 20 "$PY" "$load" free-ports 12)"
 
 timeout 60 "$PY" "$peers" backend "$P_APP1" web-1 >app1.log 2>&1 &
 pids+=($!)
@@ -35,7 +36,23 @@ spec:
   - {name: http, port: 80, targetPort: http, protocol: http}
 STORE
 # mTLS, so that every registration is checked against its caller's identity.
-timeout 60 "$dest" --store-dir store --listen "127.0.0.1:$P_DST" --admin "127.0.0.1:$P_DADM" \
+source_args=(--store-dir store)
+lapsed='registration default/web-2: lease [0-9a-f]* expired'
+if [ "$store" = etcd ]; then
+  # One member; the manifest as a key; registrations become keys under etcd leases.
+  EC=http://127.0.0.1:$P_EC
+  timeout 60 etcd --name m1 --data-dir "$tmp/etcd" --listen-client-urls "$EC" \
+    --advertise-client-urls "$EC" --listen-peer-urls "http://127.0.0.1:$P_EP" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$P_EP" \
+    --initial-cluster "m1=http://127.0.0.1:$P_EP" >etcd.out 2>&1 &
+  pids+=($!)
+  for _ in $(seq 200); do curl -sf -m 1 -X POST "$EC/v3/kv/range" -d '{"key":"AA=="}' >/dev/null && break; sleep 0.05; done
+  curl -sf -X POST "$EC/v3/kv/put" -d "{\"key\":\"$(printf /libmesh/manifests/default/web.yaml | base64 -w0)\",\"value\":\"$(base64 -w0 store/web.yaml)\"}" >/dev/null ||
+    fail "etcd does not take the manifest"
+  source_args=(--etcd-endpoints "$EC")
+  lapsed='registration default/web-2: gone from etcd'
+fi
+timeout 60 "$dest" "${source_args[@]}" --listen "127.0.0.1:$P_DST" --admin "127.0.0.1:$P_DADM" \
   --identity-dir dest --debounce-ms 100 --no-dns-fallback >dest.log 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$P_DADM/ready"
@@ -71,6 +88,21 @@ done
 grep -q "registration default/web-1 (web.default.serviceaccount.identity.linkerd.cluster.local)" dest.log ||
   fail "mesh-destination did not log web-1's registration with its identity"
 ok "both server meshds registered under 3 s leases"
+if [ "$store" = etcd ]; then
+  # The key holds the Workload, who registered it, and is bound to a lease.
+  curl -sf -X POST "$EC/v3/kv/range" \
+    -d "{\"key\":\"$(printf /libmesh/registrations/default/web-1 | base64 -w0)\"}" >key.out
+  "$PY" - key.out <<'PY' || fail "the etcd key of web-1: $(cat key.out)"
+import base64, json, sys
+kv = json.load(open(sys.argv[1]))["kvs"][0]
+w = json.loads(base64.b64decode(kv["value"]))
+assert int(kv.get("lease", 0)) > 0, "no lease"
+assert w["kind"] == "Workload" and w["metadata"]["name"] == "web-1", w
+assert w["metadata"]["annotations"]["mesh.libmesh.io/registered-by"] == \
+    "web.default.serviceaccount.identity.linkerd.cluster.local", w
+PY
+  ok "etcd holds web-1 at /libmesh/registrations/default/web-1, under a lease, with who registered it"
+fi
 
 # batch N: N requests through the client meshd, 40 at a time, one answer per line ("ERR"
 # for a failure). Load makes peak-EWMA try both endpoints.
@@ -103,7 +135,7 @@ sleep 3.5
 batch 200 | sort | uniq -c >b2.txt
 grep -q ' web-1$' b2.txt && grep -q ' web-2$' b2.txt && ! grep -q ERR b2.txt ||
   fail "after a lease's length of renewals: $(cat b2.txt)"
-! grep -q "expired" dest.log || fail "a renewed lease expired"
+! grep -qE "expired|gone from etcd" dest.log || fail "a renewed lease expired"
 ok "registered workloads are endpoints: requests reach both ($(tr -s ' \n' ' ' <b1.txt)), still after 3.5 s"
 
 # ---- another identity: web1's certificate claiming a Workload in namespace prod ------------
@@ -136,13 +168,18 @@ M2=$(pgrep -P "$S2")
 kill -KILL "$M2"
 t0=$(now_ms)
 for i in $(seq 80); do
-  grep -q "registration default/web-2: lease [0-9a-f]* expired" dest.log && break
+  grep -qE "$lapsed" dest.log && break
   [ "$i" = 80 ] && fail "web-2's lease did not expire within 8 s"
   sleep 0.1
 done
 took=$(($(now_ms) - t0))
 [ "$took" -ge 1500 ] || fail "web-2 was removed after $took ms: before its lease could lapse"
-c=$(curl -sS -m 5 -o /dev/null -D h.txt -w '%{http_code}' "http://127.0.0.1:$P_WEB/" || true)
+# The removal then travels: the store's debounce, the Get stream, the client's balancer.
+for _ in $(seq 20); do
+  c=$(curl -sS -m 5 -o /dev/null -D h.txt -w '%{http_code}' "http://127.0.0.1:$P_WEB/" || true)
+  [ "$c" = 503 ] && break
+  sleep 0.05
+done
 [ "$c" = 503 ] || fail "no endpoints left, yet the client answered $c"
 # An empty endpoint set: meshd's fail-fast answer (no endpoint ready within the timeout).
 grep -i '^l5d-proxy-error: fail_fast: .*no endpoint ready for web.default.svc.cluster.local:80' h.txt >err.txt ||

@@ -20,7 +20,7 @@ static dst_registration reg;
 static int parse(const char *body) {
   why[0] = 0;
   dst_registration_clear(&reg);
-  return dst_registration_parse(ctx, NULL, body, strlen(body), &reg, why, sizeof why);
+  return dst_registration_parse(ctx, NULL, body, strlen(body), NULL, &reg, why, sizeof why);
 }
 
 START_TEST(valid_registration) {
