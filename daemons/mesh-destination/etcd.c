@@ -54,6 +54,15 @@ struct dst_etcd {
   struct event *retry, *probe, *feed;
   uint32_t debounce_ms;
   dst_etcd_req *reqs; /* single requests in flight */
+  /* Their finished connections, freed from the loop: a connection may not
+   * be freed inside its own request's callback. */
+  struct dead_conn *dead;
+  struct event *reap;
+};
+
+struct dead_conn {
+  struct evhttp_connection *conn;
+  struct dead_conn *next;
 };
 
 static void logf_(dst_etcd *e, const char *level, const char *fmt, ...)
@@ -549,7 +558,7 @@ static void on_retry(evutil_socket_t fd, short what, void *ud) { start(ud); }
 
 struct dst_etcd_req {
   dst_etcd *e;
-  struct evhttp_connection *conn; /* freed by libevent once its request is done */
+  struct evhttp_connection *conn;
   char path[48];
   char *body;          /* JSON text, kept to try the next member with */
   size_t member, tries;
@@ -567,13 +576,34 @@ static void req_free(dst_etcd_req *q) {
   free(q);
 }
 
+static void on_reap(evutil_socket_t fd, short what, void *ud) {
+  dst_etcd *e = ud;
+  while (e->dead) {
+    struct dead_conn *d = e->dead;
+    e->dead = d->next;
+    evhttp_connection_free(d->conn);
+    free(d);
+  }
+}
+
+/* A connection whose request is done, freed from the loop soon. */
+static void retire(dst_etcd *e, struct evhttp_connection *conn) {
+  struct dead_conn *d = malloc(sizeof *d);
+  if (!d) return; /* a leak rather than a free under libevent's feet */
+  *d = (struct dead_conn){conn, e->dead};
+  e->dead = d;
+  struct timeval now = {0, 0};
+  evtimer_add(e->reap, &now);
+}
+
 static bool req_send(dst_etcd_req *q);
 
 static void on_req_done(struct evhttp_request *req, void *ud) {
   dst_etcd_req *q = ud;
   dst_etcd *e = q->e;
   int code = req ? evhttp_request_get_response_code(req) : 0;
-  q->conn = NULL; /* libevent frees it after this callback */
+  retire(e, q->conn);
+  q->conn = NULL;
   /* A member that does not answer: the next one, each member once. */
   if (code == 0 && ++q->tries < e->neps) {
     q->member = (q->member + 1) % e->neps;
@@ -613,15 +643,13 @@ static bool req_send(dst_etcd_req *q) {
   struct evkeyvalq *h = evhttp_request_get_output_headers(req);
   evhttp_add_header(h, "Host", ep->text + 7);
   evhttp_add_header(h, "Content-Type", "application/json");
-  /* libevent frees a connection on completion only when it is not kept alive. */
-  evhttp_add_header(h, "Connection", "close");
+  evhttp_add_header(h, "Connection", "close"); /* one request a connection */
   evbuffer_add(evhttp_request_get_output_buffer(req), q->body, strlen(q->body));
   if (evhttp_make_request(q->conn, req, EVHTTP_REQ_POST, q->path) < 0) {
     evhttp_connection_free(q->conn); /* the request went with it */
     q->conn = NULL;
     return false;
   }
-  evhttp_connection_free_on_completion(q->conn);
   return true;
 }
 
@@ -665,6 +693,8 @@ size_t dst_etcd_registrations(const dst_etcd *e) {
 void dst_etcd_free(dst_etcd *e) {
   if (!e) return;
   while (e->reqs) dst_etcd_cancel(e->reqs); /* only those nobody waits for are left */
+  on_reap(-1, 0, e);
+  if (e->reap) event_free(e->reap);
   close_conns(e);
   if (e->retry) event_free(e->retry);
   if (e->probe) event_free(e->probe);
@@ -709,8 +739,9 @@ int dst_etcd_new(struct event_base *base, mesh_store *st, const dst_etcd_opts *o
   e->retry = evtimer_new(base, on_retry, e);
   e->probe = event_new(base, -1, EV_PERSIST, on_probe_timer, e);
   e->feed = evtimer_new(base, on_feed, e);
+  e->reap = evtimer_new(base, on_reap, e);
   struct timeval ptv = {DST_ETCD_PROBE_MS / 1000, (DST_ETCD_PROBE_MS % 1000) * 1000};
-  if (!e->prefix || !e->key_b64 || !e->end_b64 || !e->msg || !e->retry || !e->probe || !e->feed ||
+  if (!e->prefix || !e->key_b64 || !e->end_b64 || !e->msg || !e->retry || !e->probe || !e->feed || !e->reap ||
       event_add(e->probe, &ptv) < 0) {
     dst_etcd_free(e);
     return MESH_ERR_NOMEM;
