@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <limits.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -31,6 +32,7 @@
 #define MAX_ADDRS 64        /* addresses of one Workload */
 #define MAX_WORKLOAD_WEIGHT 1000u /* as meshd's endpoints file (MESH_PROXY_WEIGHT_MAX) */
 #define STORM_FACTOR 10u    /* a change storm is read after this many debounce periods at most */
+#define MAX_WRITING 16u     /* files known to be half-written; past that, every change waits */
 
 /* ---- Options ------------------------------------------------------------- */
 
@@ -1611,6 +1613,10 @@ struct mesh_store {
   int ifd;
   struct event *ev, *timer;
   uint64_t pending_since; /* ms of the first change not yet read; 0: none */
+  uint64_t last_read_ms;  /* when the watch last read the directory */
+  /* Files modified and not yet closed: a read now would see them half-written. */
+  char writing[MAX_WRITING][NAME_MAX + 1];
+  size_t nwriting;
   uint64_t ok, failed, last_change_ms;
   int failing;
   char *last_error;
@@ -2002,29 +2008,60 @@ int mesh_store_load_buffers(mesh_store *st, size_t n, const char *const *sources
 static void on_timer(evutil_socket_t fd, short what, void *ud) {
   mesh_store *st = ud;
   st->pending_since = 0;
+  st->last_read_ms = now_ms();
   mesh_store_reload(st);
 }
 
-static void arm(mesh_store *st) {
-  uint64_t now = now_ms();
-  uint64_t wait = st->opts->debounce_ms;
+/* When every changed file is whole (closed, renamed in, deleted), the
+ * directory is read at once, but at most once a debounce period, so that
+ * a burst of changes makes one snapshot a period. While a file is being
+ * written, the read waits for the debounce time of quiet (and at most
+ * STORM_FACTOR periods): reading it half-written would only be refused. */
+static void arm(mesh_store *st, bool whole) {
+  uint64_t now = now_ms(), period = st->opts->debounce_ms, wait;
   if (!st->pending_since) st->pending_since = now;
-  else if (now - st->pending_since >= (uint64_t)st->opts->debounce_ms * STORM_FACTOR) wait = 0;
+  if (whole) wait = st->last_read_ms + period > now ? st->last_read_ms + period - now : 0;
+  else if (now - st->pending_since >= period * STORM_FACTOR) wait = 0;
+  else wait = period;
   struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)((wait % 1000) * 1000)};
-  event_add(st->timer, &tv); /* re-adding a pending timer moves it: that is the debounce */
+  event_add(st->timer, &tv); /* re-adding a pending timer moves it */
+}
+
+/* Tracks which files are half-written; false when it lost count (too many,
+ * or the kernel's queue overflowed): then every change waits. */
+static bool track_writes(mesh_store *st, const struct inotify_event *ev) {
+  if (ev->mask & IN_Q_OVERFLOW) {
+    st->nwriting = 0;
+    return false;
+  }
+  if ((ev->mask & IN_ISDIR) || !ev->len) return true;
+  size_t i = 0;
+  while (i < st->nwriting && strcmp(st->writing[i], ev->name)) i++;
+  if (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE)) {
+    if (i < st->nwriting) memmove(st->writing[i], st->writing[--st->nwriting], sizeof st->writing[i]);
+  } else if ((ev->mask & (IN_MODIFY | IN_CREATE)) && i == st->nwriting) {
+    if (st->nwriting == MAX_WRITING || strlen(ev->name) > NAME_MAX) return false;
+    snprintf(st->writing[st->nwriting++], sizeof st->writing[0], "%s", ev->name);
+  }
+  return true;
 }
 
 static void on_inotify(evutil_socket_t fd, short what, void *ud) {
   mesh_store *st = ud;
   char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-  bool any = false;
+  bool any = false, counted = true;
   for (;;) {
     ssize_t n = read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break; /* EAGAIN: drained */
     any = true;
+    for (char *p = buf; p < buf + n;) {
+      const struct inotify_event *ev = (const struct inotify_event *)p;
+      counted = track_writes(st, ev) && counted;
+      p += sizeof *ev + ev->len;
+    }
   }
-  if (any) arm(st);
+  if (any) arm(st, counted && st->nwriting == 0);
 }
 
 int mesh_store_watch(mesh_store *st, struct event_base *base) {

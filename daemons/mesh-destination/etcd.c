@@ -52,7 +52,8 @@ struct dst_etcd {
   int64_t rev;
   struct evbuffer *msg; /* the watch message being received */
   struct event *retry, *probe, *feed;
-  uint32_t debounce_ms;
+  uint32_t debounce_ms;  /* at most one feed a period */
+  uint64_t last_feed_ms; /* monotonic */
   dst_etcd_req *reqs; /* single requests in flight */
   /* Their finished connections, freed from the loop: a connection may not
    * be freed inside its own request's callback. */
@@ -216,10 +217,17 @@ static void kv_delete(dst_etcd *e, const char *key) {
   e->nkvs--;
 }
 
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Hands the whole set to the store; the store logs what it made of it.
  * Manifests first, then registrations (as a directory store serves them),
  * so that a duplicate is reported at the registration. */
 static void feed_store(dst_etcd *e) {
+  e->last_feed_ms = mono_ms();
   size_t n = 0;
   const char **src = malloc((e->nkvs ? e->nkvs : 1) * sizeof *src);
   const char **bufs = malloc((e->nkvs ? e->nkvs : 1) * sizeof *bufs);
@@ -247,9 +255,16 @@ static void feed_store(dst_etcd *e) {
 
 static void on_feed(evutil_socket_t fd, short what, void *ud) { feed_store(ud); }
 
+/* A watch message is a whole change (a transaction's writes arrive
+ * together), so it is fed at once; but at most once a debounce period,
+ * so that a burst (proxies registering in a rollout) makes one state a
+ * period, and changes that arrive while the store is busy go together. */
 static void schedule_feed(dst_etcd *e) {
-  struct timeval tv = {(time_t)(e->debounce_ms / 1000), (suseconds_t)(e->debounce_ms % 1000) * 1000};
-  if (!evtimer_pending(e->feed, NULL)) evtimer_add(e->feed, &tv);
+  if (evtimer_pending(e->feed, NULL)) return;
+  uint64_t now = mono_ms(), next = e->last_feed_ms + e->debounce_ms;
+  uint64_t wait = next > now ? next - now : 0;
+  struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)(wait % 1000) * 1000};
+  evtimer_add(e->feed, &tv);
 }
 
 /* ---- JSON ------------------------------------------------------------------- */

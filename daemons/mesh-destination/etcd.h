@@ -39,7 +39,7 @@ typedef struct {
   const char *endpoints; /* "http://IP:PORT,..." (the scheme may be left out) */
   const char *prefix;    /* manifests are keys "<prefix>...*.{yaml,yml,json}", registrations
                           * "<prefix>registrations/<ns>/<name>"; other keys are skipped */
-  uint32_t debounce_ms;  /* quiet time after a watched change before the store is fed */
+  uint32_t debounce_ms;  /* a watched change is fed at once, but at most once a period */
   dst_etcd_log_fn log;
 } dst_etcd_opts;
 

@@ -793,7 +793,8 @@ static void usage(FILE *out) {
           "      --proxy NAME=ADDR        scrape ADDR (host:port) for the Workload NAME\n"
           "                               ([NS/]NAME; namespace default), or as a proxy of\n"
           "                               its own when no Workload has that name (repeatable)\n"
-          "      --debounce-ms MS         quiet time after a store change (default 100)\n"
+          "      --debounce-ms MS         at most one store read a period; a file being\n"
+          "                               written waits for this much quiet (default 100)\n"
           "  -h, --help                   show this help\n\n"
           "Durations: 500ms, 10s, 1m, 1h. SIGHUP reads the store at once; SIGTERM or SIGINT\n"
           "stops. Logs go to standard error.\n",

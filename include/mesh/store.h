@@ -247,9 +247,11 @@ MESH_API mesh_snapshot *mesh_store_snapshot(const mesh_store *st);
 typedef void (*mesh_store_change_fn)(void *ud, mesh_store *st);
 MESH_API int mesh_store_on_change(mesh_store *st, mesh_store_change_fn fn, void *ud);
 
-/* Watch the directory with inotify on base: a change (a file written,
- * moved in or out, deleted) that then stays quiet for the debounce time
- * triggers mesh_store_reload. MESH_ERR_IO (inotify; see errno),
+/* Watch the directory with inotify on base and mesh_store_reload on a
+ * change: at once when every changed file is whole (closed by its writer,
+ * moved in or out, deleted), but at most once a debounce period; while a
+ * file is being written (modified, not yet closed), once the directory has
+ * been quiet for the debounce time (at most ten periods in a storm). MESH_ERR_IO (inotify; see errno),
  * MESH_ERR_INVALID (already watching), MESH_ERR_NOMEM. */
 MESH_API int mesh_store_watch(mesh_store *st, struct event_base *base);
 

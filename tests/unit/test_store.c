@@ -1036,6 +1036,57 @@ START_TEST(inotify_reload) {
 }
 END_TEST
 
+/* A whole file (closed, or renamed in) is read at once; one being written
+ * is not read until it is closed or the debounce time passes, so no
+ * half-written file is ever refused. The debounce is long (3 s) so that
+ * the two cannot be confused on a loaded machine. */
+START_TEST(inotify_waits_for_writers_only) {
+  mesh_ctx *ctx = NULL;
+  ck_assert_int_eq(mesh_ctx_new(&ctx), 0);
+  make_dir();
+  write_file("s.yaml", SERVICES);
+  mesh_store_opts *o = NULL;
+  mesh_store *st = NULL;
+  ck_assert_int_eq(mesh_store_opts_new(ctx, &o), 0);
+  ck_assert_int_eq(mesh_store_opts_set_dir(o, dir), 0);
+  ck_assert_int_eq(mesh_store_opts_set_debounce_ms(o, 3000), 0);
+  ck_assert_int_eq(mesh_store_new(ctx, o, NULL, &st), 0);
+  mesh_store_opts_free(o);
+  watcher w = {.base = event_base_new()};
+  ck_assert_int_eq(mesh_store_on_change(st, on_change, &w), 0);
+  ck_assert_int_eq(mesh_store_watch(st, w.base), 0);
+  /* Renamed in whole: read at once, not after the debounce. */
+  write_file("w2.yaml", WL("a", "127.0.0.2", ""));
+  ck_assert_uint_lt(wait_change(&w, 6000), 1500);
+  ck_assert_int_eq(w.changes, 1);
+  wait_change(&w, 3100); /* past the period of that read */
+  ck_assert_int_eq(w.changes, 1);
+  /* Half a file, flushed and still open: nothing is read... */
+  char path[256];
+  snprintf(path, sizeof path, "%s/w.yml", dir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  const char *text = WL("b", "127.0.0.3", "");
+  size_t half = strlen(text) / 2;
+  ck_assert_uint_eq(fwrite(text, 1, half, f), half);
+  ck_assert_int_eq(fflush(f), 0);
+  wait_change(&w, 1500);
+  ck_assert_int_eq(w.changes, 1);
+  ck_assert_uint_eq(mesh_store_reloads_failed(st), 0);
+  /* ...until the writer closes it: then at once. */
+  fputs(text + half, f);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_uint_lt(wait_change(&w, 6000), 1500);
+  ck_assert_int_eq(w.changes, 2);
+  ck_assert_uint_eq(mesh_store_reloads_failed(st), 0);
+  ck_assert_uint_eq(endpoints_of(st, "web.shop:80"), 2);
+  mesh_store_free(st);
+  event_base_free(w.base);
+  clean_dir();
+  mesh_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- The fed store: the whole set handed over, as the etcd backend does ---- */
 
 static int count_changes(mesh_store *st) { return (int)mesh_store_reloads_ok(st); }
@@ -1129,6 +1180,7 @@ static Suite *make_suite(void) {
   TCase *dirs = tcase_create("directory");
   tcase_add_test(dirs, directory_reloads);
   tcase_add_test(dirs, inotify_reload);
+  tcase_add_test(dirs, inotify_waits_for_writers_only);
   tcase_add_test(dirs, fed_store);
   tcase_add_test(dirs, fed_allocation_failures);
   suite_add_tcase(s, dirs);
