@@ -325,6 +325,8 @@ struct auth {
   int pgave_up;         /* a first wait for the profile ran out: later requests do not wait */
   int shadow_logged;    /* the local profile's precedence was logged */
   uint64_t used_ns;
+  uint32_t idle_ms; /* the longest idle timeout of the sides that looked it up */
+  int inbound;      /* looked up by the inbound side: counted in n_inbound */
   disc_wait *waiters;
 };
 
@@ -338,7 +340,7 @@ struct mesh_discovery {
   mesh_rpc_client *cl;
   auth *buckets[BUCKETS];
   auth *all;
-  size_t n;
+  size_t n, n_inbound;
   struct event *sweep;
   uint32_t wait_ms;
   void (*changed)(void *ud); /* after an endpoints update */
@@ -346,6 +348,7 @@ struct mesh_discovery {
   uint64_t rng;
   /* Per stream kind (W_GET, W_PROFILE); rejects: GetProfile messages ignored. */
   mesh_metric_series *streams[2], *updates[2], *reconnects[2], *rejects;
+  mesh_metric_series *inbound; /* gauge: n_inbound */
 };
 
 static const char *const kind_path[2] = {GET_PATH, PROFILE_PATH};
@@ -576,14 +579,19 @@ static void auth_free(auth *a) {
   else d->all = a->next;
   if (a->next) a->next->prev = a->prev;
   d->n--;
+  if (a->inbound) {
+    d->n_inbound--;
+    mesh_metrics_dec(d->inbound, 1);
+  }
   mesh__disc_set_unref(a->set);
   mesh__proxy_profiles_unref(a->prof); /* requests in flight hold their own reference */
   mesh__free(d->ctx, a->name);
   mesh__free(d->ctx, a);
 }
 
-/* The idle cache: an authority nobody looked up for DISC_IDLE_MS goes,
- * both of its streams with it. */
+/* The idle cache: an authority nobody looked up for its idle timeout
+ * (DISC_OUTBOUND_IDLE_MS, or DISC_INBOUND_IDLE_MS once the inbound side
+ * used it) goes, both of its streams with it. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg) {
   mesh_discovery *d = arg;
   (void)fd;
@@ -591,24 +599,38 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
   uint64_t now = now_ns();
   for (auth *a = d->all, *next; a; a = next) {
     next = a->next;
-    if (!a->waiters && now - a->used_ns > (uint64_t)DISC_IDLE_MS * 1000000u) {
+    if (!a->waiters && now - a->used_ns > (uint64_t)a->idle_ms * 1000000u) {
       mesh__log(d->ctx, MESH_LOG_DEBUG, "destination %s: idle, dropped", a->name);
       auth_free(a);
     }
   }
 }
 
-static auth *lookup(mesh_discovery *d, const char *name) {
+static auth *lookup(const mesh_discovery *d, const char *name) {
   for (auth *a = d->buckets[hash(name)]; a; a = a->hnext)
     if (!strcmp(a->name, name)) return a;
   return NULL;
 }
 
+/* The inbound side used a: one of its entries (counted against its
+ * bound), kept as long as it wants (the longer of the two timeouts). */
+static void used_inbound(mesh_discovery *d, auth *a) {
+  if (!a->inbound) {
+    a->inbound = 1;
+    d->n_inbound++;
+    mesh_metrics_inc(d->inbound, 1);
+  }
+  a->idle_ms = DISC_INBOUND_IDLE_MS;
+}
+
 /* The cache entry of authority, created (with no stream yet) when absent,
- * and marked used. */
-static int entry(mesh_discovery *d, const char *authority, auth **ret) {
+ * and marked used by side. */
+static int entry(mesh_discovery *d, const char *authority, disc_side side, auth **ret) {
   if (strlen(authority) > DISC_AUTHORITY_MAX) return MESH_ERR_LIMIT;
   auth *a = lookup(d, authority);
+  /* A name the inbound side does not hold yet needs room within its bound. */
+  if (side == DISC_INBOUND && !(a && a->inbound) && d->n_inbound >= DISC_INBOUND_AUTHORITIES_MAX)
+    return MESH_ERR_LIMIT;
   if (!a) {
     if (d->n >= DISC_AUTHORITIES_MAX) return MESH_ERR_LIMIT;
     a = mesh__calloc(d->ctx, 1, sizeof *a);
@@ -636,7 +658,9 @@ static int entry(mesh_discovery *d, const char *authority, auth **ret) {
     if (d->all) d->all->prev = a;
     d->all = a;
     d->n++;
+    a->idle_ms = DISC_OUTBOUND_IDLE_MS;
   }
+  if (side == DISC_INBOUND) used_inbound(d, a);
   a->used_ns = now_ns();
   *ret = a;
   return 0;
@@ -645,18 +669,18 @@ static int entry(mesh_discovery *d, const char *authority, auth **ret) {
 int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **ret) {
   *ret = NULL;
   auth *a;
-  int rc = entry(d, authority, &a);
+  int rc = entry(d, authority, DISC_OUTBOUND, &a);
   if (rc) return rc;
   want(a, W_GET);
   if (a->set->state == DISC_READY) *ret = a->set;
   return a->set->state;
 }
 
-int mesh__discovery_profile(mesh_discovery *d, const char *authority, int shadowed,
-                            proxy_profiles **ret) {
+int mesh__discovery_profile(mesh_discovery *d, const char *authority, disc_side side,
+                            int shadowed, proxy_profiles **ret) {
   *ret = NULL;
   auth *a;
-  int rc = entry(d, authority, &a);
+  int rc = entry(d, authority, side, &a);
   if (rc) return rc;
   want(a, W_PROFILE);
   if (shadowed && a->prof && !a->shadow_logged) {
@@ -727,6 +751,11 @@ void mesh__discovery_wait_cancel(disc_wait *w) {
 size_t mesh__discovery_authorities(const mesh_discovery *d) { return d->n; }
 mesh_ctx *mesh__discovery_ctx(const mesh_discovery *d) { return d->ctx; }
 
+uint32_t mesh__discovery_idle_ms(const mesh_discovery *d, const char *authority) {
+  const auth *a = lookup(d, authority);
+  return a ? a->idle_ms : 0;
+}
+
 static int loopback(const char *addr) {
   if (!strncmp(addr, "localhost:", 10)) return 1;
   struct sockaddr_storage ss;
@@ -788,7 +817,11 @@ int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts 
                     "GetProfile messages ignored as invalid (the last good profile kept)",
                     &d->rejects)) ||
        (rc = metric(o->reg, 0, "destination_profile_reconnects_total",
-                    "GetProfile streams opened again after a failure", &d->reconnects[W_PROFILE]))))
+                    "GetProfile streams opened again after a failure",
+                    &d->reconnects[W_PROFILE])) ||
+       (rc = metric(o->reg, 1, "destination_inbound_authorities",
+                    "Destinations kept for the inbound side's route metrics",
+                    &d->inbound))))
     goto fail;
   arm(d->sweep, SWEEP_MS);
   *ret = d;
@@ -832,6 +865,7 @@ void mesh__discovery_free(mesh_discovery *d) {
     mesh_metrics_series_unref(d->reconnects[k]);
   }
   mesh_metrics_series_unref(d->rejects);
+  mesh_metrics_series_unref(d->inbound);
   mesh__free(d->ctx, d->addr);
   mesh__free(d->ctx, d->ns);
   mesh__free(d->ctx, d);

@@ -21,12 +21,27 @@ struct proxy_profiles;
 #define DISC_ENDPOINTS_MAX 1000u
 #define DISC_MESSAGE_MAX 1048576u /* one Get message (a line), as the rpc client bounds it */
 #define DISC_AUTHORITY_MAX 512u   /* doc/protocol.md: path */
-#define DISC_IDLE_MS 5000u        /* Linkerd's outbound idle cache */
+/* How long an authority nobody looks up stays in the cache, per side that
+ * looked it up (an entry keeps the longest of its users'): Linkerd's
+ * outbound and inbound discovery idle timeouts. The inbound side keeps
+ * profiles longer because it never waits for one (a dropped entry costs
+ * the route metrics of the requests until the next answer). */
+#define DISC_OUTBOUND_IDLE_MS 5000u
+#define DISC_INBOUND_IDLE_MS 90000u
+/* Entries the inbound side may hold: its names come from peers
+ * (l5d-dst-canonical, the authority), not from this workload's own calls.
+ * Past it, new names get no profile (no route metrics). */
+#define DISC_INBOUND_AUTHORITIES_MAX 1000u
 #define DISC_BACKOFF_MIN_MS 100u
 #define DISC_BACKOFF_MAX_MS 10000u
 
 /* What is known of an authority. */
 enum { DISC_PENDING = 0, DISC_READY = 1, DISC_NOT_FOUND = 2 };
+
+/* Who looks an authority up: the outbound side (a request's logical
+ * destination, its backends) or the inbound side (the destination a peer's
+ * request names, for the server's route metrics). */
+typedef enum { DISC_OUTBOUND = 0, DISC_INBOUND = 1 } disc_side;
 
 /* One authority's endpoints and their balancer, changed in place by
  * add/remove/no_endpoints messages. Refcounted: the cache holds one
@@ -130,14 +145,17 @@ int mesh__discovery_find(mesh_discovery *d, const char *authority, disc_set **re
  * (borrowed: take a reference on the set to hold it; NULL: none). Starts
  * the authority's GetProfile watch when not started yet (its Get watch
  * starts when its endpoints are looked up: one cache entry holds both, and
- * they live, and go idle, together) and marks the authority used.
+ * they live, and go idle, together) and marks the authority used by side:
+ * the entry then stays at least that side's idle timeout. DISC_INBOUND
+ * entries are at most DISC_INBOUND_AUTHORITIES_MAX (MESH_ERR_LIMIT past
+ * it, for a name that is not one of them yet).
  * shadowed: the caller has a local profile for it, which wins (logged once
  * per entry when the control plane has one too). DISC_READY (go on with
  * *ret), DISC_PENDING (no answer yet: wait with
  * mesh__discovery_profile_wait; once a first wait ran out, DISC_READY with
  * no profile until one comes), or a negative MESH_ERR_* (go on without). */
-int mesh__discovery_profile(mesh_discovery *d, const char *authority, int shadowed,
-                            struct proxy_profiles **ret);
+int mesh__discovery_profile(mesh_discovery *d, const char *authority, disc_side side,
+                            int shadowed, struct proxy_profiles **ret);
 
 /* Wait for authority's first answer, at most the wait bound: fn runs once
  * from the loop (answered 1 when there is an answer now, 0 on timeout),
@@ -153,6 +171,9 @@ void mesh__discovery_wait_cancel(disc_wait *w); /* NULL is a no-op */
 
 /* Authorities in the cache and open streams (tests, metrics). */
 size_t mesh__discovery_authorities(const mesh_discovery *d);
+/* How long authority's entry stays once idle, in ms (0: not in the cache).
+ * For tests and diagnostics. */
+uint32_t mesh__discovery_idle_ms(const mesh_discovery *d, const char *authority);
 mesh_ctx *mesh__discovery_ctx(const mesh_discovery *d);
 
 /* A unary call of another module (registrations) over the same client:

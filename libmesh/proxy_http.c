@@ -34,6 +34,9 @@ enum { REQ = 0, RSP = 1 };
  * complete without the trailers: a stream that goes on is let through. */
 #define HOLD_MAX 65536u
 #define HOLD_MS 100u
+#define PORT_MAX 65535ul
+#define HTTP_PORT 80u
+#define HTTPS_PORT 443u
 
 typedef struct hsrv hsrv;
 typedef struct hreq hreq;
@@ -188,8 +191,10 @@ static int rt_failure(const hreq *r, int status, const char *grpc) {
   return mesh_route_classify(r->route, (uint32_t)status, grpc ? (int32_t)atoi(grpc) : -1);
 }
 
-/* An attempt's response: route_actual_response_total. */
+/* An attempt's response: route_actual_response_total. Outbound only: the
+ * inbound side makes one attempt, and the client's proxy counts its own. */
 static void rt_actual(hreq *r, int status, const char *grpc) {
+  if (r->sv->inbound) return;
   char code[8];
   snprintf(code, sizeof code, "%d", status);
   const char *v[6];
@@ -974,6 +979,7 @@ static void on_backoff(evutil_socket_t fd, short what, void *arg) {
  * backoff first: 25 ms .. 250 ms with full jitter, on a timer. */
 static int retry(hreq *r) {
   const mesh__ann *a = r->ann;
+  if (r->sv->inbound) return 0; /* the client's proxy retries, not the server's */
   if (a ? !a->has_retry : !r->route || !mesh_route_is_retryable(r->route)) return 0;
   if (r->head_sent || r->upgrading) return 0;
   mesh_proxy *p = r->sv->p;
@@ -1058,9 +1064,11 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     fail(r, 504, "request_timeout", "timeout.linkerd.io/request expired (retries included)");
     return;
   }
-  fail(r, 504, r->route ? "route_timeout" : "response_timeout",
-       r->route ? "the route's timeout expired (retries included)"
-                : "no response within the response timeout");
+  /* Inbound, a route only labels metrics: its timeout is the client's. */
+  int route = r->route && !r->sv->inbound;
+  fail(r, 504, route ? "route_timeout" : "response_timeout",
+       route ? "the route's timeout expired (retries included)"
+             : "no response within the response timeout");
 }
 
 /* An attempt's own timer: retry.linkerd.io/timeout (the attempt is cut and
@@ -1094,7 +1102,7 @@ static void forward(hreq *r, const pool_key *k) {
   mesh__proxy_addr_format((const struct sockaddr *)&k->addr, r->target, sizeof r->target);
   r->attempt_ns = mesh__proxy_now_ns();
   count_request(r);
-  rt_inc(r, r->sv->p->m.rt_actual_req, r->backend, NULL);
+  if (!r->sv->inbound) rt_inc(r, r->sv->p->m.rt_actual_req, r->backend, NULL);
   attempt_timer(r);
   idle_touch(r);
   mh_conn *c = NULL;
@@ -1124,6 +1132,15 @@ static uint16_t port_of(const char *authority) {
   return (uint16_t)atoi(colon + 1);
 }
 
+/* Destinations are compared lowercase (DNS names are case-insensitive). */
+static void lowercase(char *s) {
+  for (; *s; s++) *s = (char)(*s >= 'A' && *s <= 'Z' ? *s + 32 : *s);
+}
+
+static uint16_t default_port(const char *scheme) {
+  return scheme && !strcmp(scheme, "https") ? HTTPS_PORT : HTTP_PORT;
+}
+
 /* The logical destination of an outbound request: l5d-dst-override, else
  * the listener's (port map, or the original destination in transparent
  * mode), else the request's authority with the scheme's default port. */
@@ -1133,8 +1150,44 @@ static void logical_dst(hreq *r, char *key, size_t cap) {
   if (o) snprintf(key, cap, "%s", o);
   else if (*r->sv->key) snprintf(key, cap, "%s", r->sv->key);
   else if (port_of(a)) snprintf(key, cap, "%s", a);
-  else snprintf(key, cap, "%s:%s", a, r->req.scheme && !strcmp(r->req.scheme, "https") ? "443" : "80");
-  for (char *c = key; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+  else snprintf(key, cap, "%s:%u", a, (unsigned)default_port(r->req.scheme));
+  lowercase(key);
+}
+
+/* The length of s's host: a DNS name (or IPv4 address) of name characters,
+ * or a bracketed IPv6 address; 0 when it has none. */
+static size_t host_len(const char *s) {
+  if (*s == '[') {
+    size_t n = strspn(s + 1, "0123456789abcdefABCDEF:.");
+    return s[1 + n] == ']' ? n + 2 : 0;
+  }
+  return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+}
+
+static int port_valid(const char *s) {
+  size_t n = strspn(s, "0123456789");
+  if (n == 0 || n > 5 || s[n]) return 0;
+  unsigned long v = strtoul(s, NULL, 10);
+  return v >= 1 && v <= PORT_MAX;
+}
+
+/* s as a destination key, "host:port" lowercase, into out: port dflt when
+ * s names none (0: it must). -1 when s is not such a name or too long. */
+static int dst_key_of(const char *s, uint16_t dflt, char *out, size_t cap) {
+  if (!s || strnlen(s, PROXY_INBOUND_DST_MAX + 1) > PROXY_INBOUND_DST_MAX) return -1;
+  size_t h = host_len(s);
+  if (!h || (s[h] == ':' ? !port_valid(s + h + 1) : s[h] || !dflt)) return -1;
+  int n = s[h] ? snprintf(out, cap, "%s", s) : snprintf(out, cap, "%s:%u", s, (unsigned)dflt);
+  if (n < 0 || (size_t)n >= cap) return -1;
+  lowercase(out);
+  return 0;
+}
+
+int mesh__proxy_inbound_dst(const char *canonical, const char *authority, const char *scheme,
+                            char *out, size_t cap) {
+  /* The outbound proxy writes the whole key, port included. */
+  if (dst_key_of(canonical, 0, out, cap) == 0) return 0;
+  return dst_key_of(authority, default_port(scheme), out, cap) ? MESH_ERR_PARSE : 0;
 }
 
 /* A backend's authority: a TrafficSplit names services in the apex's
@@ -1190,10 +1243,14 @@ static int endpoint_key(hreq *r, pool_key *k, const char *id, uint16_t hdr_port)
     k->proto = MH_H2;
     r->meshed = 1;
     /* HTTP/1 rides the proxies' HTTP/2 connection; the inbound proxy
-     * restores it (Linkerd's orig-proto upgrade). */
-    if (r->h1 && !r->req.upgrade &&
-        mh_head_set(r->sv->p->ctx, &r->req, "l5d-orig-proto",
-                    r->req.version == MH_V10 ? "HTTP/1.0" : "HTTP/1.1")) {
+     * restores it (Linkerd's orig-proto upgrade). The logical destination
+     * goes along (Linkerd's l5d-dst-canonical): the server's proxy labels
+     * its route metrics with it. */
+    mesh_ctx *ctx = r->sv->p->ctx;
+    if ((r->h1 && !r->req.upgrade &&
+         mh_head_set(ctx, &r->req, "l5d-orig-proto",
+                     r->req.version == MH_V10 ? "HTTP/1.0" : "HTTP/1.1")) ||
+        mh_head_set(ctx, &r->req, "l5d-dst-canonical", r->dst_key)) {
       fail(r, 502, "no_memory", "out of memory");
       return -1;
     }
@@ -1268,7 +1325,10 @@ static void dispatch(hreq *r) {
   pick_backend(r);
   r->meshed = 0;
   r->server_id[0] = 0;
+  /* The proxies' own headers, set again if this attempt goes to a meshed
+   * endpoint; an application's l5d-dst-canonical never passes. */
   mh_head_del(ctx, &r->req, "l5d-orig-proto");
+  mh_head_del(ctx, &r->req, "l5d-dst-canonical");
   if (s && mesh_proxy_endpoints_find(s->eps, r->backend, &svc) == 0) {
     mesh_endpoint *ep;
     if (mesh_balance_pick(s->bal[svc], mesh__proxy_now_ns(), mesh__proxy_rand(p),
@@ -1354,40 +1414,56 @@ static void route_outbound(hreq *r) {
   route_profile(r);
 }
 
+/* The profile of the logical destination key as side sees it, in *t's
+ * destination: the profiles directory's entry, which wins for a
+ * destination it names (a local override), else the control plane's
+ * (NULL: none). DISC_PENDING when discovery has not answered yet (and the
+ * directory does not name it), else DISC_READY. */
+static int profile_of(mesh_proxy *p, const char *key, disc_side side, proxy_profiles **t,
+                      const proxy_dst **ret) {
+  const char *colon = strrchr(key, ':');
+  size_t hlen = colon ? (size_t)(colon - key) : strlen(key);
+  *t = p->profiles;
+  *ret = mesh__proxy_profiles_find(*t, key, hlen);
+  if (!p->disc) return DISC_READY;
+  proxy_profiles *dt;
+  int st = mesh__discovery_profile(p->disc, key, side, *ret != NULL, &dt);
+  if (*ret) return DISC_READY;
+  if (dt) {
+    *t = dt;
+    *ret = &dt->d[0];
+  }
+  return st == DISC_PENDING ? DISC_PENDING : DISC_READY;
+}
+
+/* The request's destination d (in t, which the request then holds) and
+ * the route its method and path (without the query) match. */
+static void use_profile(hreq *r, proxy_profiles *t, const proxy_dst *d) {
+  r->profiles = t;
+  r->profiles->refs++;
+  r->dst = d;
+  if (!d->prof) return;
+  const char *path = r->req.path ? r->req.path : "/";
+  const char *q = strchr(path, '?');
+  r->route = mesh_profile_match(d->prof, r->req.method ? r->req.method : "", path,
+                                q ? (size_t)(q - path) : strlen(path));
+}
+
 /* The destination's profile (routes, timeouts, retries, splits), then the
- * first attempt. The profiles directory is looked at first and wins for a
- * destination it names (a local override); otherwise the control plane's,
- * which a first request waits for, as for endpoints, within the same bound. */
+ * first attempt. A first request waits for the control plane's profile,
+ * as for endpoints, within the same bound. */
 static void route_profile(hreq *r) {
   mesh_proxy *p = r->sv->p;
-  const char *colon = strrchr(r->dst_key, ':');
-  size_t hlen = colon ? (size_t)(colon - r->dst_key) : strlen(r->dst_key);
-  proxy_profiles *t = p->profiles;
-  const proxy_dst *d = mesh__proxy_profiles_find(t, r->dst_key, hlen);
-  if (p->disc) {
-    proxy_profiles *dt;
-    int st = mesh__discovery_profile(p->disc, r->dst_key, d != NULL, &dt);
-    if (st == DISC_PENDING && !d && !r->profile_waited) {
-      if (mesh__discovery_profile_wait(p->disc, r->dst_key, on_profiled, r, &r->dw))
-        fail(r, 502, "no_memory", "out of memory");
-      return;
-    }
-    if (!d && dt) {
-      t = dt;
-      d = &dt->d[0];
-    }
+  proxy_profiles *t;
+  const proxy_dst *d;
+  if (profile_of(p, r->dst_key, DISC_OUTBOUND, &t, &d) == DISC_PENDING && !r->profile_waited) {
+    if (mesh__discovery_profile_wait(p->disc, r->dst_key, on_profiled, r, &r->dw))
+      fail(r, 502, "no_memory", "out of memory");
+    return;
   }
   uint64_t timeout = p->o->response_ms;
   if (d) {
-    r->profiles = t;
-    r->profiles->refs++;
-    r->dst = d;
-    if (d->prof) {
-      const char *path = r->req.path ? r->req.path : "/";
-      const char *q = strchr(path, '?');
-      r->route = mesh_profile_match(d->prof, r->req.method ? r->req.method : "", path,
-                                    q ? (size_t)(q - path) : strlen(path));
-    }
+    use_profile(r, t, d);
     mesh_budget_deposit(mesh__proxy_dst_budget(d, r->route), mesh__proxy_now_ns() / 1000000u);
     rt_inc(r, p->m.rt_req, NULL, NULL);
     if (r->route) timeout = mesh_route_timeout_ms(r->route);
@@ -1409,6 +1485,31 @@ static void route_profile(hreq *r) {
   if (g && (!timeout || g < timeout)) timeout = g;
   if (timeout) mesh__proxy_timer(r->timer, timeout);
   dispatch(r);
+}
+
+/* The server side's route metrics (Linkerd's inbound route metrics): the
+ * profile of the destination the request names -- l5d-dst-canonical, which
+ * the client's proxy set, else the request's authority -- looked up as the
+ * outbound side does, and the route it matches. The name only selects a
+ * profile and labels metrics; routing and authorization never read it.
+ * Only a ServiceProfile with routes counts (a TrafficSplit means nothing
+ * here), and only its routes and response classes: retries and timeouts
+ * are the client proxy's. The request never waits for the control plane
+ * (nor does Linkerd's inbound): without an answer yet it goes on without
+ * route metrics, and later requests get them. l5d-dst-canonical is left on
+ * the request, as Linkerd leaves it: the application may read it. */
+static void profile_inbound(hreq *r) {
+  mesh_proxy *p = r->sv->p;
+  proxy_profiles *t;
+  const proxy_dst *d;
+  if (mesh__proxy_inbound_dst(mh_head_get(&r->req, "l5d-dst-canonical"), r->req.authority,
+                              r->req.scheme, r->dst_key, sizeof r->dst_key))
+    return;
+  if (profile_of(p, r->dst_key, DISC_INBOUND, &t, &d) != DISC_READY || !d || !d->prof ||
+      !mesh_profile_route_count(d->prof))
+    return;
+  use_profile(r, t, d);
+  rt_inc(r, p->m.rt_req, NULL, NULL);
 }
 
 static void route_inbound(hreq *r) {
@@ -1449,6 +1550,7 @@ static void route_inbound(hreq *r) {
     fail(r, 404, "route_not_found", why);
     return;
   }
+  profile_inbound(r);
   k.addrlen = mesh__proxy_inbound_addr(p, sv->port, &k.addr);
   r->pool = p->in_pool;
   if (p->o->response_ms) mesh__proxy_timer(r->timer, p->o->response_ms);

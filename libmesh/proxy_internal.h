@@ -31,4 +31,20 @@ int mesh__proxy_listens_on(const mesh_proxy *p, uint16_t port);
 int mesh__proxy_header_parse(const uint8_t *buf, size_t len, size_t *consumed, uint16_t *port,
                              int *h2);
 
+/* The longest destination a peer's request may name for the server's
+ * route metrics: a DNS name (253 bytes), ':' and a port. */
+#define PROXY_INBOUND_DST_MAX 259u
+
+/* The logical destination of a peer's request, as the inbound side's
+ * profile lookup and route metrics name it, lowercase "host:port" into
+ * out: canonical (l5d-dst-canonical, NULL when absent) when it is such a
+ * name with its port, else authority (NULL: none) with the scheme's port
+ * when it names none. A name is a host of DNS name characters or a
+ * bracketed IPv6 address and a port 1..65535, at most
+ * PROXY_INBOUND_DST_MAX bytes in all (anything else comes from a peer
+ * that does not mean a destination). 0; MESH_ERR_PARSE when neither is
+ * such a name or it does not fit cap. */
+int mesh__proxy_inbound_dst(const char *canonical, const char *authority, const char *scheme,
+                            char *out, size_t cap);
+
 #endif

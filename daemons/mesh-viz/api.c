@@ -572,8 +572,69 @@ static const viz_profile *find_profile(const viz_state *st, const char *ns, cons
   return NULL;
 }
 
+/* Whether series s of t is a route series of the query: its family, its
+ * direction, from one of res's targets (svc/NAME: every target; the
+ * series' dst says which service). */
+static bool route_series(const qctx *q, const resource *res, const char *direction,
+                         const viz_target *t, const viz_series *se) {
+  if (strcmp(res->kind, "svc") && !matches(q->st, res, t)) return false;
+  if (se->metric != VIZ_M_RT_RESPONSE_TOTAL && se->metric != VIZ_M_RT_LATENCY_BUCKET &&
+      se->metric != VIZ_M_RT_ACTUAL_RESPONSE_TOTAL)
+    return false;
+  return !strcmp(se->l[VIZ_L_DIRECTION], direction);
+}
+
+/* The rows of service svc in svc_ns: its profile's routes in order (as
+ * they are matched), [DEFAULT], then any other route name seen. */
+static void route_rows(rows *rr, const qctx *q, const resource *res, const char *direction,
+                       const char *svc, const char *svc_ns) {
+  const viz_profile *prof = find_profile(q->st, svc_ns, svc);
+  for (size_t i = 0; prof && i < prof->nroutes; i++) row_get(rr, svc, prof->routes[i]);
+  row_get(rr, svc, "[DEFAULT]");
+  for (size_t k = 0; k < q->n; k++) {
+    const tdata *d = &q->td[k];
+    for (size_t s = 0; s < d->t->nseries; s++) {
+      const viz_series *se = &d->t->series[s];
+      char a[256], ans[256];
+      if (!route_series(q, res, direction, d->t, se)) continue;
+      service_of(se->l[VIZ_L_DST], svc_ns, a, sizeof a, ans, sizeof ans);
+      if (strcmp(a, svc) || strcmp(ans, svc_ns)) continue;
+      row *r = row_get(rr, a, se->l[VIZ_L_RT_ROUTE]);
+      if (r) row_add(r, d, s, se->metric == VIZ_M_RT_ACTUAL_RESPONSE_TOTAL);
+    }
+  }
+}
+
+/* The services res's route series in direction are about (ns and name
+ * of each row), sorted: routes deploy/NAME without --to shows each of
+ * them, as Linkerd shows the routes of every service a workload serves;
+ * routes svc/NAME reads the server side when NAME is one of them. */
+static void services_seen(rows *out, const qctx *q, const resource *res, const char *direction) {
+  for (size_t k = 0; k < q->n; k++) {
+    const viz_target *t = q->td[k].t;
+    for (size_t s = 0; s < t->nseries; s++) {
+      const viz_series *se = &t->series[s];
+      char a[256], ans[256];
+      if (!route_series(q, res, direction, t, se)) continue;
+      service_of(se->l[VIZ_L_DST], res->ns, a, sizeof a, ans, sizeof ans);
+      row_get(out, ans, a);
+    }
+  }
+  if (out->n) qsort(out->v, out->n, sizeof out->v[0], row_cmp);
+}
+
+/* A server makes one attempt a request (retries are its callers'): its
+ * actual numbers are its effective ones. */
+static void actual_is_effective(rows *rr) {
+  for (size_t i = 0; i < rr->n; i++) {
+    row *r = &rr->v[i];
+    r->asucc = r->succ;
+    r->afail = r->fail;
+    r->arate = r->rate;
+  }
+}
+
 static json_t *routes(params *p, qctx *q) {
-  const viz_state *st = q->st;
   static const char *const kinds[] = {"svc", "deploy", "po", NULL};
   static const char *const to_kinds[] = {"svc", NULL};
   const char *rs_ = param(p, "resource", NULL), *ts = param(p, "to", NULL);
@@ -602,42 +663,28 @@ static json_t *routes(params *p, qctx *q) {
     /* The server side's route metrics when its proxies have them (as
      * Linkerd's routes svc/NAME), else the callers': never both, which
      * would count each request twice. */
-    direction = "outbound";
-    for (size_t k = 0; k < q->n && !strcmp(direction, "outbound"); k++) {
-      const viz_target *t = q->td[k].t;
-      for (size_t s = 0; s < t->nseries; s++) {
-        const viz_series *se = &t->series[s];
-        char a[256], ans[256];
-        if (se->metric != VIZ_M_RT_RESPONSE_TOTAL || strcmp(se->l[VIZ_L_DIRECTION], "inbound")) continue;
-        service_of(se->l[VIZ_L_DST], svc_ns, a, sizeof a, ans, sizeof ans);
-        if (!strcmp(a, svc) && !strcmp(ans, svc_ns)) {
-          direction = "inbound";
-          break;
-        }
-      }
+    rows served = {0};
+    services_seen(&served, q, &res, "inbound");
+    direction = row_find(&served, svc_ns, svc) ? "inbound" : "outbound";
+    bool oom = served.oom;
+    rows_free(&served);
+    if (oom) {
+      snprintf(p->why, sizeof p->why, "out of memory");
+      return NULL;
     }
   }
   rows rr = {0};
-  const viz_profile *prof = svc ? find_profile(st, svc_ns, svc) : NULL;
-  for (size_t i = 0; prof && i < prof->nroutes; i++) row_get(&rr, svc, prof->routes[i]);
-  if (svc) row_get(&rr, svc, "[DEFAULT]");
-  for (size_t k = 0; k < q->n; k++) {
-    const tdata *d = &q->td[k];
-    const viz_target *t = d->t;
-    if (strcmp(res.kind, "svc") && !matches(st, &res, t)) continue;
-    for (size_t s = 0; s < t->nseries; s++) {
-      const viz_series *se = &t->series[s];
-      if (se->metric != VIZ_M_RT_RESPONSE_TOTAL && se->metric != VIZ_M_RT_LATENCY_BUCKET &&
-          se->metric != VIZ_M_RT_ACTUAL_RESPONSE_TOTAL)
-        continue;
-      if (strcmp(se->l[VIZ_L_DIRECTION], direction)) continue;
-      char a[256], ans[256];
-      service_of(se->l[VIZ_L_DST], svc_ns, a, sizeof a, ans, sizeof ans);
-      if (svc && (strcmp(a, svc) || strcmp(ans, svc_ns))) continue;
-      row *r = row_get(&rr, a, se->l[VIZ_L_RT_ROUTE]);
-      if (r) row_add(r, d, s, se->metric == VIZ_M_RT_ACTUAL_RESPONSE_TOTAL);
-    }
+  if (svc) {
+    route_rows(&rr, q, &res, direction, svc, svc_ns);
+  } else { /* deploy/NAME, po/NAME: every service its proxies served */
+    rows seen = {0};
+    services_seen(&seen, q, &res, direction);
+    for (size_t i = 0; i < seen.n; i++)
+      route_rows(&rr, q, &res, direction, seen.v[i].name, seen.v[i].ns);
+    rr.oom |= seen.oom;
+    rows_free(&seen);
   }
+  if (!strcmp(direction, "inbound")) actual_is_effective(&rr);
   json_t *out = rr.oom ? NULL : envelope(res.kind, q, param(p, "window", DEFAULT_WINDOW));
   if (out) {
     json_object_set_new(out, "resource", json_string(rs_));

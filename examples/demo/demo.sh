@@ -238,6 +238,7 @@ viz stat deploy -n production -t 30s
 viz stat deploy -n default -t 30s
 viz stat ts -A -t 30s
 viz routes deploy/frontend --to svc/exam-api -n production -t 30s
+viz routes deploy/exam-api -n production -t 30s
 viz routes deploy/frontend --to svc/learning-module --to-namespace default -n production -t 30s -o wide
 viz edges deploy -A
 

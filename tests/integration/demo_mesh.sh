@@ -60,6 +60,7 @@ viz stat ts -A -t 20s >"$tmp/ts.json" || fail "viz stat ts failed"
 viz routes deploy/frontend --to svc/learning-module --to-namespace default -n production -t 20s \
   >"$tmp/routes.json" ||
   fail "viz routes failed"
+viz routes deploy/exam-api -n production -t 20s >"$tmp/served.json" || fail "viz routes deploy/exam-api failed"
 viz edges deploy -A >"$tmp/edges.json" || fail "viz edges failed"
 
 # ---- the drivers' own counts, once they are done ---------------------------------------
@@ -115,6 +116,13 @@ assert r["effective_success"] > r["actual_success"], ("retries did not lift succ
 assert r["actual_rps"] > r["effective_rps"], ("no retries were sent", r)
 print("ok: viz routes: get_module effective success %.3f > actual %.3f (retries)"
       % (r["effective_success"], r["actual_success"]))
+
+# exam-api's own proxy: the routes it served (server side), by the seed's profile.
+served = {x["route"]: x for x in load(tmp + "/served.json")}
+r = served["get_exam_questions"]
+assert r["service"] == "exam-api" and r["requests"] and r["requests"] > 0, ("no server-side routes", served)
+print("ok: viz routes deploy/exam-api: get_exam_questions served %d requests (server side), success %.3f"
+      % (r["requests"], r["success"]))
 
 edges = load(tmp + "/edges.json")
 want = {("traffic", "frontend"), ("traffic", "mobile-api"), ("frontend", "exam-api"),

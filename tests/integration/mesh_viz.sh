@@ -80,9 +80,11 @@ printf '{"services": {"web.default.svc.cluster.local:80": {"endpoints": [
  "web-v2.default.svc.cluster.local:80": {"endpoints": [{"addr": "127.0.0.3:%s", "identity": "%s", "port": %s}]}}}\n' \
   "$P_IN" "$WEB" "$P_APP1" "$P_IN" "$WEB" "$P_APP2" "$P_IN" "$WEB" "$P_APP1" "$P_IN" "$WEB" "$P_APP2" >eps.json
 
+# The servers read the same profiles: their route metrics (direction="inbound") are the
+# server-side routes of routes svc/web and routes deploy/web.
 server() { # N ADDRESS
   timeout 60 "$meshd" --identity-dir "web$1" --inbound-listen-addr "$2:$P_IN" --outbound-listen-addr "" \
-    --admin-listen-addr "$2:$P_ADM" --inbound-ports "$P_APP1,$P_APP2" >>"server$1.log" 2>&1 &
+    --admin-listen-addr "$2:$P_ADM" --inbound-ports "$P_APP1,$P_APP2" --profiles store >>"server$1.log" 2>&1 &
   pids+=($!)
 }
 server 1 127.0.0.2
@@ -171,8 +173,24 @@ head -1 routes.txt | grep -Eq '^ROUTE +SERVICE +EFFECTIVE_SUCCESS +EFFECTIVE_RPS
 grep -Eq '^GET /status +web +75\.00% +[0-9.]+rps +75\.00% +[0-9.]+rps' routes.txt || fail "routes -o wide: $(cat routes.txt)"
 grep -Eq '^\[DEFAULT\] +web +100\.00%' routes.txt || fail "routes: [DEFAULT]: $(cat routes.txt)"
 vz routes deploy/client --to svc/web -o json >rto.json || fail "routes --to"
-check '[r["requests"] for r in d] == [80, None, 10]' rto.json "routes deploy/client --to svc/web"
+check '[r["requests"] for r in d] == [80, None, 10] and d[0]["actual_rps"] > 0' rto.json "routes deploy/client --to svc/web"
 ok "routes svc/web: GET /status 75%, GET /flaky no traffic, [DEFAULT] 100%; -o wide effective and actual"
+# Without --to, a deployment's own server-side routes (its proxies' inbound route metrics),
+# every service it served; the client serves none.
+vz routes deploy/web -o json >rdep.json || fail "routes deploy/web: $(cat rdep.json)"
+check '[(r["route"], r["service"], r["requests"]) for r in d] == [("GET /status", "web", 80),
+  ("GET /flaky", "web", None), ("[DEFAULT]", "web", 10)] and d[0]["success"] == 0.75 and d[2]["success"] == 1 and
+  d[0]["actual_success"] == 0.75 and d[0]["latency_p50"] is not None' rdep.json "routes deploy/web (server side)"
+vz routes deploy/web >rdep.txt || fail "routes deploy/web (text)"
+head -1 rdep.txt | grep -Eq '^ROUTE +SERVICE +SUCCESS +RPS +LATENCY_P50 +LATENCY_P95 +LATENCY_P99$' ||
+  fail "routes deploy/web header: $(cat rdep.txt)"
+grep -Eq '^GET /status +web +75\.00% +[0-9.]+rps +[0-9]+ms' rdep.txt || fail "routes deploy/web: $(cat rdep.txt)"
+curl -fsS -m 5 "http://127.0.0.1:$P_VIZ/api/routes?resource=svc/web" >rsvc.json || fail "/api/routes?resource=svc/web"
+check 'd["direction"] == "inbound" and d["rows"][0]["requests"] == 80' rsvc.json \
+  "routes svc/web reads the server side once its proxies have route metrics"
+vz routes deploy/client >rcli.txt || fail "routes deploy/client"
+[ "$(cat rcli.txt)" = "No routes found." ] || fail "routes deploy/client (it serves nothing): $(cat rcli.txt)"
+ok "routes deploy/web: web's server-side routes (GET /status 80 requests, 75%; GET /flaky -; [DEFAULT] 10); deploy/client serves none"
 
 # ---- ts: the TrafficSplit's leaves, from the client's outbound route metrics ------------------
 urls=()

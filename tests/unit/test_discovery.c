@@ -770,11 +770,12 @@ START_TEST(client_profiles) {
   mesh_discovery *d = NULL;
   ck_assert_int_eq(mesh__discovery_new(ctx, f.base, &o, &d), 0);
   const char *web = "web.shop.svc.cluster.local:80";
+  const char *down = "down.shop.svc.cluster.local:80", *mute = "mute.shop.svc.cluster.local:80";
 
   /* The first lookup starts the GetProfile watch (and no Get: endpoints are
    * asked for when a request goes there); a waiter hears of the first answer. */
   proxy_profiles *t = (proxy_profiles *)ctx;
-  ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_PENDING);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_PENDING);
   ck_assert_ptr_null(t);
   disc_wait *w = NULL;
   ck_assert_int_eq(mesh__discovery_profile_wait(d, web, on_wait, &f, &w), 0);
@@ -785,7 +786,7 @@ START_TEST(client_profiles) {
   run_until(&f, &f.answered, 1);
   ck_assert_int_eq(f.result, 1);
   ck_assert_int_eq(f.calls, 0);
-  ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_READY);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_READY);
   ck_assert_ptr_nonnull(t);
   ck_assert_uint_eq(t->n, 1);
   ck_assert_uint_eq(mesh_profile_route_count(t->d[0].prof), 2);
@@ -813,7 +814,7 @@ START_TEST(client_profiles) {
   ck_assert_int_eq(mesh_rpc_send(fp.call, "not json"), 0);
   for (int i = 0; i < 400 && !metric_is(reg, "destination_profile_rejects_total 2\n"); i++) spin(&f);
   ck_assert(metric_is(reg, "destination_profile_rejects_total 2\n"));
-  ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_READY);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_READY);
   ck_assert_ptr_eq(t, held);
 
   /* A new profile is swapped in whole; the held one is untouched. */
@@ -823,7 +824,7 @@ START_TEST(client_profiles) {
   ck_assert_int_eq(mesh_rpc_send(fp.call, next), 0);
   for (int i = 0; i < 400 && t == held; i++) {
     spin(&f);
-    ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_READY);
+    ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_READY);
   }
   ck_assert_ptr_ne(t, held);
   const char *path = "/x";
@@ -838,7 +839,7 @@ START_TEST(client_profiles) {
   ck_assert_int_eq(mesh_rpc_send(fp.call, "{\"fully_qualified_name\":\"\",\"routes\":[]}"), 0);
   for (int i = 0; i < 400 && t; i++) {
     spin(&f);
-    ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_READY);
+    ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_READY);
   }
   ck_assert_ptr_null(t);
   ck_assert(metric_is(reg, "destination_profile_updates_total 3\n"));
@@ -851,42 +852,36 @@ START_TEST(client_profiles) {
   ck_assert_int_eq(mesh_rpc_send(fp.call, PROFILE1), 0);
   for (int i = 0; i < 400 && !t; i++) {
     spin(&f);
-    ck_assert_int_eq(mesh__discovery_profile(d, web, 0, &t), DISC_READY);
+    ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_READY);
   }
   ck_assert_ptr_nonnull(t);
   ck_assert(metric_is(reg, "destination_profile_reconnects_total 1\n"));
 
   /* A stream refused before any answer ends the first wait at once,
    * without a profile; later lookups do not wait. */
-  ck_assert_int_eq(mesh__discovery_profile(d, "down.shop.svc.cluster.local:80", 0, &t),
-                   DISC_PENDING);
-  ck_assert_int_eq(
-      mesh__discovery_profile_wait(d, "down.shop.svc.cluster.local:80", on_wait, &f, &w), 0);
+  ck_assert_int_eq(mesh__discovery_profile(d, down, DISC_OUTBOUND, 0, &t), DISC_PENDING);
+  ck_assert_int_eq(mesh__discovery_profile_wait(d, down, on_wait, &f, &w), 0);
   uint64_t t0 = mono_ms();
   run_until(&f, &f.answered, 2);
   ck_assert_int_eq(f.result, 0);
   ck_assert_uint_lt(mono_ms() - t0, 300);
-  ck_assert_int_eq(mesh__discovery_profile(d, "down.shop.svc.cluster.local:80", 0, &t),
-                   DISC_READY);
+  ck_assert_int_eq(mesh__discovery_profile(d, down, DISC_OUTBOUND, 0, &t), DISC_READY);
   ck_assert_ptr_null(t);
 
   /* No answer at all: the wait runs out after its bound, and is not repeated. */
-  ck_assert_int_eq(mesh__discovery_profile(d, "mute.shop.svc.cluster.local:80", 0, &t),
-                   DISC_PENDING);
-  ck_assert_int_eq(
-      mesh__discovery_profile_wait(d, "mute.shop.svc.cluster.local:80", on_wait, &f, &w), 0);
+  ck_assert_int_eq(mesh__discovery_profile(d, mute, DISC_OUTBOUND, 0, &t), DISC_PENDING);
+  ck_assert_int_eq(mesh__discovery_profile_wait(d, mute, on_wait, &f, &w), 0);
   t0 = mono_ms();
   run_until(&f, &f.answered, 3);
   ck_assert_int_eq(f.result, 0);
   ck_assert_uint_ge(mono_ms() - t0, 350);
-  ck_assert_int_eq(mesh__discovery_profile(d, "mute.shop.svc.cluster.local:80", 0, &t),
-                   DISC_READY);
+  ck_assert_int_eq(mesh__discovery_profile(d, mute, DISC_OUTBOUND, 0, &t), DISC_READY);
   ck_assert_ptr_null(t);
   /* An authority over the bound is refused, not watched. */
   char long_name[DISC_AUTHORITY_MAX + 8];
   memset(long_name, 'a', sizeof long_name - 1);
   long_name[sizeof long_name - 1] = 0;
-  ck_assert_int_eq(mesh__discovery_profile(d, long_name, 0, &t), MESH_ERR_LIMIT);
+  ck_assert_int_eq(mesh__discovery_profile(d, long_name, DISC_OUTBOUND, 0, &t), MESH_ERR_LIMIT);
   ck_assert_uint_eq(mesh__discovery_authorities(d), 3);
 
   mesh__discovery_free(d);
@@ -1089,6 +1084,51 @@ START_TEST(proxy_options) {
 }
 END_TEST
 
+/* The idle timeout of an entry is the longest of the sides that looked it
+ * up, and the inbound side holds at most DISC_INBOUND_AUTHORITIES_MAX
+ * names (peers choose them): past it, new names get no entry while the
+ * outbound side and the inbound side's own names go on. No loop runs: the
+ * streams never open, which this does not need. */
+START_TEST(client_inbound_cache) {
+  struct event_base *base = event_base_new();
+  mesh_metrics *reg = NULL;
+  ck_assert_int_eq(mesh_metrics_new(ctx, &reg), 0);
+  disc_opts o = {.addr = "127.0.0.1:1", .ns = "shop", .reg = reg};
+  mesh_discovery *d = NULL;
+  ck_assert_int_eq(mesh__discovery_new(ctx, base, &o, &d), 0);
+  proxy_profiles *t;
+  const char *web = "web.shop.svc.cluster.local:80";
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, web), 0);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_PENDING);
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, web), DISC_OUTBOUND_IDLE_MS);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_INBOUND, 0, &t), DISC_PENDING);
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, web), DISC_INBOUND_IDLE_MS);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_OUTBOUND, 0, &t), DISC_PENDING);
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, web), DISC_INBOUND_IDLE_MS);
+  ck_assert(metric_is(reg, "destination_inbound_authorities 1\n"));
+
+  char name[64];
+  for (unsigned i = 1; i < DISC_INBOUND_AUTHORITIES_MAX; i++) {
+    snprintf(name, sizeof name, "n%u.shop.svc.cluster.local:80", i);
+    ck_assert_int_eq(mesh__discovery_profile(d, name, DISC_INBOUND, 0, &t), DISC_PENDING);
+  }
+  snprintf(name, sizeof name, "n%u.shop.svc.cluster.local:80", DISC_INBOUND_AUTHORITIES_MAX);
+  ck_assert_int_eq(mesh__discovery_profile(d, name, DISC_INBOUND, 0, &t), MESH_ERR_LIMIT);
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, name), 0);
+  ck_assert_uint_eq(mesh__discovery_authorities(d), DISC_INBOUND_AUTHORITIES_MAX);
+  ck_assert(metric_is(reg, "destination_inbound_authorities 1000\n"));
+  /* The outbound side is not bound by it; its entry is not the inbound side's to keep. */
+  ck_assert_int_eq(mesh__discovery_profile(d, name, DISC_OUTBOUND, 0, &t), DISC_PENDING);
+  ck_assert_int_eq(mesh__discovery_profile(d, name, DISC_INBOUND, 0, &t), MESH_ERR_LIMIT);
+  ck_assert_uint_eq(mesh__discovery_idle_ms(d, name), DISC_OUTBOUND_IDLE_MS);
+  ck_assert_int_eq(mesh__discovery_profile(d, web, DISC_INBOUND, 0, &t), DISC_PENDING);
+
+  mesh__discovery_free(d);
+  mesh_metrics_free(reg);
+  event_base_free(base);
+}
+END_TEST
+
 START_TEST(client_bad_addr) {
   struct event_base *base = event_base_new();
   mesh_discovery *d = NULL;
@@ -1122,6 +1162,7 @@ static Suite *make_suite(void) {
   tcase_add_checked_fixture(c, setup, teardown);
   tcase_add_test(c, client_streams);
   tcase_add_test(c, client_profiles);
+  tcase_add_test(c, client_inbound_cache);
   tcase_add_test(c, client_policy);
   tcase_add_test(c, client_bad_addr);
   tcase_add_test(c, proxy_options);

@@ -543,6 +543,54 @@ START_TEST(proxy_bad_start) {
 }
 END_TEST
 
+/* The inbound side's logical destination: l5d-dst-canonical when it is a
+ * host:port within the bound, else the authority with the scheme's port. */
+START_TEST(inbound_dst) {
+  char out[300];
+  const char *fqdn = "web.default.svc.cluster.local:80";
+  ck_assert_int_eq(mesh__proxy_inbound_dst("Web.Default.svc.cluster.local:80", "ignored:8080", NULL,
+                                           out, sizeof out),
+                   0);
+  ck_assert_str_eq(out, fqdn);
+  const char *host = "web.default.svc.cluster.local";
+  ck_assert_int_eq(mesh__proxy_inbound_dst(NULL, host, NULL, out, sizeof out), 0);
+  ck_assert_str_eq(out, fqdn);
+  ck_assert_int_eq(mesh__proxy_inbound_dst(NULL, host, "https", out, sizeof out), 0);
+  ck_assert_str_eq(out, "web.default.svc.cluster.local:443");
+  ck_assert_int_eq(mesh__proxy_inbound_dst(NULL, "WEB:8080", "http", out, sizeof out), 0);
+  ck_assert_str_eq(out, "web:8080");
+  ck_assert_int_eq(mesh__proxy_inbound_dst("[fd00::7]:8080", NULL, NULL, out, sizeof out), 0);
+  ck_assert_str_eq(out, "[fd00::7]:8080");
+  /* Forged or malformed values are not destinations: the authority is used. */
+  static const char *const bad[] = {"web.default.svc.cluster.local", "web:0", "web:65536",
+                                    "web:80x", "web:", ":80", "web/../x:80", "web :80",
+                                    "we\r\nb:80", "[fd00::7:80", "web:80:80", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ck_assert_msg(mesh__proxy_inbound_dst(bad[i], "web.default.svc.cluster.local:80", NULL, out,
+                                          sizeof out) == 0 && !strcmp(out, fqdn),
+                  "%s", bad[i]);
+    ck_assert_msg(mesh__proxy_inbound_dst(NULL, bad[i], NULL, out, sizeof out) == MESH_ERR_PARSE ||
+                      !strcmp(bad[i], "web.default.svc.cluster.local"),
+                  "authority %s", bad[i]);
+  }
+  /* The bound: PROXY_INBOUND_DST_MAX bytes in all, a longer value is ignored whole. */
+  char big[4096];
+  memset(big, 'a', sizeof big);
+  memcpy(big + sizeof big - 4, ":80", 4);
+  const char *end = big + sizeof big - 1; /* the NUL */
+  ck_assert_int_eq(mesh__proxy_inbound_dst(big, "web:80", NULL, out, sizeof out), 0);
+  ck_assert_str_eq(out, "web:80");
+  ck_assert_int_eq(mesh__proxy_inbound_dst(end - PROXY_INBOUND_DST_MAX, NULL, NULL, out, sizeof out),
+                   0);
+  ck_assert_uint_eq(strlen(out), PROXY_INBOUND_DST_MAX);
+  ck_assert_int_eq(
+      mesh__proxy_inbound_dst(end - PROXY_INBOUND_DST_MAX - 1, NULL, NULL, out, sizeof out),
+      MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh__proxy_inbound_dst(NULL, NULL, NULL, out, sizeof out), MESH_ERR_PARSE);
+  ck_assert_int_eq(mesh__proxy_inbound_dst(fqdn, NULL, NULL, out, 8), MESH_ERR_PARSE);
+}
+END_TEST
+
 static Suite *make_suite(void) {
   Suite *s = suite_create("proxy");
   TCase *tc = tcase_create("endpoints");
@@ -554,6 +602,7 @@ static Suite *make_suite(void) {
   tcase_add_test(tc, endpoints_load_file);
   tcase_add_test(tc, addresses);
   tcase_add_test(tc, transport_header);
+  tcase_add_test(tc, inbound_dst);
   tcase_add_test(tc, options);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("proxy");
