@@ -307,7 +307,8 @@ static bool add_kv(void *ud, int kind, const char *key, const char *source, char
 }
 
 /* The store as mesh-destination serves it: a directory, or etcd's keys. */
-static int load_store(mesh_ctx *ctx, const char *dir, const meshctl_etcd *etcd, mesh_store **st) {
+static int load_store(mesh_ctx *ctx, const char *prog, const char *dir, const meshctl_etcd *etcd,
+                      mesh_store **st) {
   mesh_store_opts *so = NULL;
   mesh_diags *diags = NULL;
   kvset sets[2] = {{0}};
@@ -330,7 +331,7 @@ static int load_store(mesh_ctx *ctx, const char *dir, const meshctl_etcd *etcd, 
       fprintf(stderr, "%s\n", mesh_store_last_error(*st) ? mesh_store_last_error(*st) : "");
   }
   if (rc < 0)
-    fprintf(stderr, "meshctl get: %s: the store does not load: %s\n", where, mesh_strerror(rc));
+    fprintf(stderr, "%s: %s: the store does not load: %s\n", prog, where, mesh_strerror(rc));
   kvset_free(&sets[0]);
   kvset_free(&sets[1]);
   mesh_diags_free(diags);
@@ -406,7 +407,7 @@ static int run(int argc, char **argv) {
   if (!ctx) return MESHCTL_FAILED;
   mesh_store *st = NULL;
   int status = MESHCTL_FAILED;
-  if (load_store(ctx, dir, &etcd, &st) < 0) goto done;
+  if (load_store(ctx, prog, dir, &etcd, &st) < 0) goto done;
   mesh_snapshot *snap = mesh_store_snapshot(st);
   json_t *items = json_array();
   row *rows = NULL;
