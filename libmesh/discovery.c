@@ -768,8 +768,8 @@ static int loopback(const char *addr) {
                  sizeof in6addr_loopback);
 }
 
-static int metric(mesh_metrics *reg, int gauge, const char *name, const char *help,
-                  mesh_metric_series **ret) {
+int mesh__disc_metric(mesh_metrics *reg, int gauge, const char *name, const char *help,
+                      mesh_metric_series **ret) {
   mesh_metric_family *f;
   int rc = gauge ? mesh_metrics_gauge(reg, name, help, NULL, 0, &f)
                  : mesh_metrics_counter(reg, name, help, NULL, 0, &f);
@@ -803,23 +803,23 @@ int mesh__discovery_new(mesh_ctx *ctx, struct event_base *base, const disc_opts 
   memcpy(&d->rng, seed, sizeof d->rng);
   d->rng |= 1;
   if (o->reg &&
-      ((rc = metric(o->reg, 1, "destination_streams", "Open Get streams to mesh-destination",
+      ((rc = mesh__disc_metric(o->reg, 1, "destination_streams", "Open Get streams to mesh-destination",
                     &d->streams[W_GET])) ||
-       (rc = metric(o->reg, 0, "destination_updates_total",
+       (rc = mesh__disc_metric(o->reg, 0, "destination_updates_total",
                     "Get messages applied (add, remove, no_endpoints)", &d->updates[W_GET])) ||
-       (rc = metric(o->reg, 0, "destination_reconnects_total",
+       (rc = mesh__disc_metric(o->reg, 0, "destination_reconnects_total",
                     "Get streams opened again after a failure", &d->reconnects[W_GET])) ||
-       (rc = metric(o->reg, 1, "destination_profile_streams",
+       (rc = mesh__disc_metric(o->reg, 1, "destination_profile_streams",
                     "Open GetProfile streams to mesh-destination", &d->streams[W_PROFILE])) ||
-       (rc = metric(o->reg, 0, "destination_profile_updates_total",
+       (rc = mesh__disc_metric(o->reg, 0, "destination_profile_updates_total",
                     "GetProfile messages applied (a profile swapped in)", &d->updates[W_PROFILE])) ||
-       (rc = metric(o->reg, 0, "destination_profile_rejects_total",
+       (rc = mesh__disc_metric(o->reg, 0, "destination_profile_rejects_total",
                     "GetProfile messages ignored as invalid (the last good profile kept)",
                     &d->rejects)) ||
-       (rc = metric(o->reg, 0, "destination_profile_reconnects_total",
+       (rc = mesh__disc_metric(o->reg, 0, "destination_profile_reconnects_total",
                     "GetProfile streams opened again after a failure",
                     &d->reconnects[W_PROFILE])) ||
-       (rc = metric(o->reg, 1, "destination_inbound_authorities",
+       (rc = mesh__disc_metric(o->reg, 1, "destination_inbound_authorities",
                     "Destinations kept for the inbound side's route metrics",
                     &d->inbound))))
     goto fail;

@@ -174,6 +174,10 @@ size_t mesh__discovery_authorities(const mesh_discovery *d);
 /* How long authority's entry stays once idle, in ms (0: not in the cache).
  * For tests and diagnostics. */
 uint32_t mesh__discovery_idle_ms(const mesh_discovery *d, const char *authority);
+/* A discovery metric without labels: a gauge (gauge 1) or a counter, in reg.
+ * MESH_ERR_NOMEM, or the registry's error. */
+int mesh__disc_metric(mesh_metrics *reg, int gauge, const char *name, const char *help,
+                      mesh_metric_series **ret);
 mesh_ctx *mesh__discovery_ctx(const mesh_discovery *d);
 
 /* A unary call of another module (registrations) over the same client:

@@ -99,14 +99,6 @@ static void on_retry(evutil_socket_t fd, short what, void *arg) {
   open_stream(w);
 }
 
-static int metric(mesh_metrics *reg, int gauge, const char *name, const char *help,
-                  mesh_metric_series **ret) {
-  mesh_metric_family *f;
-  int rc = gauge ? mesh_metrics_gauge(reg, name, help, NULL, 0, &f)
-                 : mesh_metrics_counter(reg, name, help, NULL, 0, &f);
-  return rc ? rc : mesh_metrics_series(f, NULL, 0, ret);
-}
-
 int mesh__discovery_policy_new(mesh_discovery *d, struct event_base *base, const char *workload,
                                mesh_metrics *reg, disc_policy_fn fn, void *ud, disc_policy **ret) {
   if (strlen(workload) > WORKLOAD_MAX) return MESH_ERR_LIMIT;
@@ -127,14 +119,14 @@ int mesh__discovery_policy_new(mesh_discovery *d, struct event_base *base, const
   int rc = MESH_ERR_NOMEM;
   if (!w->body || !w->workload || !w->timer) goto fail;
   if (reg &&
-      ((rc = metric(reg, 1, "destination_policy_streams",
+      ((rc = mesh__disc_metric(reg, 1, "destination_policy_streams",
                     "Open WatchWorkload (inbound policy) streams to mesh-destination", &w->streams)) ||
-       (rc = metric(reg, 0, "destination_policy_updates_total",
+       (rc = mesh__disc_metric(reg, 0, "destination_policy_updates_total",
                     "WatchWorkload messages applied (an inbound policy swapped in)", &w->updates)) ||
-       (rc = metric(reg, 0, "destination_policy_rejects_total",
+       (rc = mesh__disc_metric(reg, 0, "destination_policy_rejects_total",
                     "WatchWorkload messages ignored as invalid (the last good policy kept)",
                     &w->rejects)) ||
-       (rc = metric(reg, 0, "destination_policy_reconnects_total",
+       (rc = mesh__disc_metric(reg, 0, "destination_policy_reconnects_total",
                     "WatchWorkload streams opened again after a failure", &w->reconnects))))
     goto fail;
   open_stream(w);

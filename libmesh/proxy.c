@@ -130,6 +130,17 @@ static int set_str(mesh_ctx *ctx, char **slot, const char *s) {
   return 0;
 }
 
+/* An identity name (checked as one), or NULL / "" for none. */
+static int set_identity(mesh_ctx *ctx, char **slot, const char *name, const char **why) {
+  if (name && *name) {
+    mesh_identity *id = NULL;
+    int rc = mesh_identity_parse(ctx, name, NULL, why, &id);
+    mesh_identity_free(id);
+    if (rc) return rc;
+  }
+  return set_str(ctx, slot, name && *name ? name : NULL);
+}
+
 static int set_listen(mesh_proxy_opts *o, char **slot, const char *addr, const char **why) {
   if (!o || !addr) return MESH_ERR_INVALID;
   struct sockaddr_storage ss;
@@ -209,14 +220,7 @@ int mesh_proxy_opts_set_destination_addr(mesh_proxy_opts *o, const char *addr, c
 
 int mesh_proxy_opts_set_destination_identity(mesh_proxy_opts *o, const char *name,
                                              const char **why) {
-  if (!o) return MESH_ERR_INVALID;
-  if (name && *name) {
-    mesh_identity *id = NULL;
-    int rc = mesh_identity_parse(o->ctx, name, NULL, why, &id);
-    mesh_identity_free(id);
-    if (rc) return rc;
-  }
-  return set_str(o->ctx, &o->destination_id, name && *name ? name : NULL);
+  return o ? set_identity(o->ctx, &o->destination_id, name, why) : MESH_ERR_INVALID;
 }
 
 int mesh_proxy_opts_set_profiles_dir(mesh_proxy_opts *o, const char *dir) {
@@ -337,14 +341,7 @@ int mesh_proxy_opts_set_identity_service(mesh_proxy_opts *o, const char *addr,
 
 int mesh_proxy_opts_set_identity_service_name(mesh_proxy_opts *o, const char *name,
                                               const char **why) {
-  if (!o) return MESH_ERR_INVALID;
-  if (name && *name) {
-    mesh_identity *id = NULL;
-    int rc = mesh_identity_parse(o->ctx, name, NULL, why, &id);
-    mesh_identity_free(id);
-    if (rc) return rc;
-  }
-  return set_str(o->ctx, &o->identity_svc_name, name && *name ? name : NULL);
+  return o ? set_identity(o->ctx, &o->identity_svc_name, name, why) : MESH_ERR_INVALID;
 }
 
 int mesh_proxy_opts_set_inbound_allow_unauthenticated(mesh_proxy_opts *o, int allow) {

@@ -101,7 +101,10 @@ static int dst_finish(mesh_ctx *ctx, proxy_dst *d) {
   return 0;
 }
 
-int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_profiles **ret) {
+/* A table of one destination named name, which fill completes before its
+ * budgets are made (dst_finish). */
+static int one_dst(mesh_ctx *ctx, const char *name, void (*fill)(proxy_dst *d, const void *arg),
+                   const void *arg, proxy_profiles **ret) {
   proxy_profiles *t = mesh__calloc(ctx, 1, sizeof *t);
   if (!t) return MESH_ERR_NOMEM;
   t->ctx = ctx;
@@ -109,8 +112,8 @@ int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_prof
   int rc = MESH_ERR_NOMEM;
   if ((t->d = mesh__calloc(ctx, 1, sizeof *t->d))) {
     t->n = 1;
-    snprintf(t->d->name, sizeof t->d->name, "%s", mesh_profile_name(prof));
-    t->d->prof = mesh_profile_ref(prof);
+    snprintf(t->d->name, sizeof t->d->name, "%s", name);
+    fill(t->d, arg);
     rc = dst_finish(ctx, t->d);
   }
   if (rc) {
@@ -121,28 +124,22 @@ int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_prof
   return 0;
 }
 
+static void fill_profile(proxy_dst *d, const void *prof) { d->prof = mesh_profile_ref(prof); }
+
+int mesh__proxy_profiles_one(mesh_ctx *ctx, const mesh_profile *prof, proxy_profiles **ret) {
+  return one_dst(ctx, mesh_profile_name(prof), fill_profile, prof, ret);
+}
+
+/* Annotation retries are bounded by their limit, not a budget; the budget
+ * exists anyway so that every destination has one. */
+static void fill_ann(proxy_dst *d, const void *ann) {
+  d->ann = *(const mesh__ann *)ann;
+  d->has_ann = 1;
+}
+
 int mesh__proxy_profiles_ann(mesh_ctx *ctx, const char *name, const mesh__ann *ann,
                              proxy_profiles **ret) {
-  proxy_profiles *t = mesh__calloc(ctx, 1, sizeof *t);
-  if (!t) return MESH_ERR_NOMEM;
-  t->ctx = ctx;
-  t->refs = 1;
-  int rc = MESH_ERR_NOMEM;
-  if ((t->d = mesh__calloc(ctx, 1, sizeof *t->d))) {
-    t->n = 1;
-    snprintf(t->d->name, sizeof t->d->name, "%s", name);
-    t->d->ann = *ann;
-    t->d->has_ann = 1;
-    /* Annotation retries are bounded by their limit, not a budget; the
-     * budget exists anyway so that every destination has one. */
-    rc = dst_finish(ctx, t->d);
-  }
-  if (rc) {
-    mesh__proxy_profiles_unref(t);
-    return rc;
-  }
-  *ret = t;
-  return 0;
+  return one_dst(ctx, name, fill_ann, ann, ret);
 }
 
 static int cmp_str(const void *a, const void *b) {

@@ -21,6 +21,7 @@
 #include <mesh/rpc.h>
 #include <mesh/store.h>
 
+#include "daemon_flag.h"
 #include "daemon_http.h"
 #include "daemon_log.h"
 #include "dns.h"
@@ -820,15 +821,10 @@ int main(int argc, char **argv) {
     case OPT_TD: td = optarg; break;
     case OPT_NS: ns = optarg; break;
     case OPT_ID: identity_dir = optarg; break;
-    case OPT_MAX: {
-      char *end;
-      max_streams = strtol(optarg, &end, 10);
-      if (*end || max_streams < 1 || max_streams > 1000000) {
-        fprintf(stderr, "mesh-destination: --max-streams is 1 to 1000000\n");
+    case OPT_MAX:
+      if (!daemon_flag_long("mesh-destination", "max-streams", optarg, 1, 1000000, &max_streams))
         return 2;
-      }
       break;
-    }
     case OPT_DNS_SERVER: {
       size_t used = strlen(dns_servers);
       if (snprintf(dns_servers + used, sizeof dns_servers - used, "%s%s", used ? "," : "", optarg) >=
@@ -839,17 +835,12 @@ int main(int argc, char **argv) {
       break;
     }
     case OPT_DNS_NAMES:
-    case OPT_DNS_RESOLVING: {
-      char *end;
-      long v = strtol(optarg, &end, 10);
-      if (*end || v < 1 || v > 100000) {
-        fprintf(stderr, "mesh-destination: --%s is 1 to 100000\n",
-                c == OPT_DNS_NAMES ? "dns-max-names" : "dns-max-resolving");
+    case OPT_DNS_RESOLVING:
+      if (!daemon_flag_long("mesh-destination",
+                            c == OPT_DNS_NAMES ? "dns-max-names" : "dns-max-resolving", optarg, 1,
+                            100000, c == OPT_DNS_NAMES ? &dns_names : &dns_resolving))
         return 2;
-      }
-      *(c == OPT_DNS_NAMES ? &dns_names : &dns_resolving) = v;
       break;
-    }
     case OPT_NO_DNS: dns_fallback = false; break;
     case OPT_AUTH:
       if (!strcmp(optarg, "required")) client_auth = MESH_TLS_CLIENT_AUTH_REQUIRED;
@@ -859,15 +850,10 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
-    case OPT_DEBOUNCE: {
-      char *end;
-      debounce = strtol(optarg, &end, 10);
-      if (*end || debounce < 0 || debounce > 10000) {
-        fprintf(stderr, "mesh-destination: --debounce-ms is 0 to 10000\n");
+    case OPT_DEBOUNCE:
+      if (!daemon_flag_long("mesh-destination", "debounce-ms", optarg, 0, 10000, &debounce))
         return 2;
-      }
       break;
-    }
     case 'h': usage(stdout); return 0;
     default: fprintf(stderr, "Run 'mesh-destination --help' for usage.\n"); return 2;
     }

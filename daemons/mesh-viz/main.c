@@ -18,6 +18,7 @@
 
 #include <mesh/mesh.h>
 
+#include "daemon_flag.h"
 #include "daemon_http.h"
 #include "daemon_log.h"
 #include <mesh/metrics.h>
@@ -851,15 +852,9 @@ int main(int argc, char **argv) {
       d.proxies[d.nproxies++] = (proxy_flag){optarg, eq + 1};
       break;
     }
-    case OPT_DEBOUNCE: {
-      char *end;
-      debounce = strtol(optarg, &end, 10);
-      if (*end || debounce < 0 || debounce > 10000) {
-        fprintf(stderr, "mesh-viz: --debounce-ms is 0 to 10000\n");
-        return 2;
-      }
+    case OPT_DEBOUNCE:
+      if (!daemon_flag_long("mesh-viz", "debounce-ms", optarg, 0, 10000, &debounce)) return 2;
       break;
-    }
     case 'h': usage(stdout); return 0;
     default: fprintf(stderr, "Run 'mesh-viz --help' for usage.\n"); return 2;
     }

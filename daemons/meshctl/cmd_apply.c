@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "daemon_etcd.h"
+#include "daemon_flag.h"
 #include "meshctl.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
@@ -397,13 +398,9 @@ static int run_cmd(int argc, char **argv, bool del) {
     case 'E': endpoints = optarg; break;
     case 'P': t.prefix = optarg; break;
     case 'T': {
-      char *end;
-      long v = strtol(optarg, &end, 10);
-      if (*end || v < 1 || v > 600000) {
-        fprintf(stderr, "%s: --timeout-ms is 1 to 600000\n", t.prog);
-        status = meshctl_usage_error(t.prog);
-      }
-      t.etcd.timeout_ms = (int)v;
+      long v = 0;
+      if (daemon_flag_long(t.prog, "timeout-ms", optarg, 1, 600000, &v)) t.etcd.timeout_ms = (int)v;
+      else status = meshctl_usage_error(t.prog);
       break;
     }
     case 'h':

@@ -183,6 +183,25 @@ typedef struct {
   bool all;
 } opts;
 
+/* mesh-viz's answer to path?q (too_long: q could not hold every
+ * argument), for a table. NULL when the command ends here, *rc saying how:
+ * the answer printed as JSON (-o json), arguments too long, or a failure said. */
+static json_t *fetch(const opts *o, const char *path, const char *q, bool too_long, int *rc) {
+  if (too_long) {
+    fprintf(stderr, "%s: arguments too long\n", o->prog);
+    *rc = MESHCTL_USAGE;
+    return NULL;
+  }
+  json_t *j = query(o->prog, o->addr, path, q);
+  *rc = MESHCTL_FAILED;
+  if (j && !strcmp(o->out, "json")) {
+    *rc = print_json(j);
+    json_decref(j);
+    return NULL;
+  }
+  return j;
+}
+
 static int stat_cmd(const opts *o, int npos, char **pos) {
   char kind[ARG_MAX_BYTES + 1] = "deploy", q[2048] = "";
   if (npos > 2 || (npos == 2 && strchr(pos[0], '/'))) {
@@ -190,21 +209,14 @@ static int stat_cmd(const opts *o, int npos, char **pos) {
     return meshctl_usage_error(o->prog);
   }
   if (npos >= 1) snprintf(kind, sizeof kind, "%s%s%s", pos[0], npos == 2 ? "/" : "", npos == 2 ? pos[1] : "");
-  if (!qadd(q, sizeof q, "kind", kind) || !qadd(q, sizeof q, "window", o->window) ||
-      !qadd(q, sizeof q, "namespace", o->ns) || (o->all && !qadd(q, sizeof q, "all_namespaces", "true")) ||
-      (o->from && !qadd(q, sizeof q, "from", o->from)) || (o->to && !qadd(q, sizeof q, "to", o->to)) ||
-      (o->from_ns && !qadd(q, sizeof q, "from_namespace", o->from_ns)) ||
-      (o->to_ns && !qadd(q, sizeof q, "to_namespace", o->to_ns))) {
-    fprintf(stderr, "%s: arguments too long\n", o->prog);
-    return MESHCTL_USAGE;
-  }
-  json_t *j = query(o->prog, o->addr, "/api/stat", q);
-  if (!j) return MESHCTL_FAILED;
-  if (!strcmp(o->out, "json")) {
-    int rc = print_json(j);
-    json_decref(j);
-    return rc;
-  }
+  int rc;
+  bool too_long = !qadd(q, sizeof q, "kind", kind) || !qadd(q, sizeof q, "window", o->window) ||
+                   !qadd(q, sizeof q, "namespace", o->ns) || (o->all && !qadd(q, sizeof q, "all_namespaces", "true")) ||
+                   (o->from && !qadd(q, sizeof q, "from", o->from)) || (o->to && !qadd(q, sizeof q, "to", o->to)) ||
+                   (o->from_ns && !qadd(q, sizeof q, "from_namespace", o->from_ns)) ||
+                   (o->to_ns && !qadd(q, sizeof q, "to_namespace", o->to_ns));
+  json_t *j = fetch(o, "/api/stat", q, too_long, &rc);
+  if (!j) return rc;
   bool ts = !strcmp(json_string_value(json_object_get(j, "kind")), "ts"), wide = !strcmp(o->out, "wide");
   table t = {.ncols = 0};
   if (o->all) t.head[t.ncols++] = "NAMESPACE";
@@ -276,19 +288,12 @@ static int routes_cmd(const opts *o, int npos, char **pos) {
     fprintf(stderr, "%s: routes takes --to, --to-namespace and -n, not --from or -A\n", o->prog);
     return meshctl_usage_error(o->prog);
   }
-  if (!qadd(q, sizeof q, "resource", pos[0]) || !qadd(q, sizeof q, "window", o->window) ||
-      !qadd(q, sizeof q, "namespace", o->ns) || (o->to && !qadd(q, sizeof q, "to", o->to)) ||
-      (o->to_ns && !qadd(q, sizeof q, "to_namespace", o->to_ns))) {
-    fprintf(stderr, "%s: arguments too long\n", o->prog);
-    return MESHCTL_USAGE;
-  }
-  json_t *j = query(o->prog, o->addr, "/api/routes", q);
-  if (!j) return MESHCTL_FAILED;
-  if (!strcmp(o->out, "json")) {
-    int rc = print_json(j);
-    json_decref(j);
-    return rc;
-  }
+  int rc;
+  bool too_long = !qadd(q, sizeof q, "resource", pos[0]) || !qadd(q, sizeof q, "window", o->window) ||
+                   !qadd(q, sizeof q, "namespace", o->ns) || (o->to && !qadd(q, sizeof q, "to", o->to)) ||
+                   (o->to_ns && !qadd(q, sizeof q, "to_namespace", o->to_ns));
+  json_t *j = fetch(o, "/api/routes", q, too_long, &rc);
+  if (!j) return rc;
   bool wide = !strcmp(o->out, "wide");
   table t = {.ncols = 0};
   t.head[t.ncols++] = "ROUTE";
@@ -345,18 +350,11 @@ static int edges_cmd(const opts *o, int npos, char **pos) {
     fprintf(stderr, "%s: edges takes no --from or --to\n", o->prog);
     return meshctl_usage_error(o->prog);
   }
-  if (!qadd(q, sizeof q, "kind", npos ? pos[0] : "deploy") || !qadd(q, sizeof q, "namespace", o->ns) ||
-      (o->all && !qadd(q, sizeof q, "all_namespaces", "true"))) {
-    fprintf(stderr, "%s: arguments too long\n", o->prog);
-    return MESHCTL_USAGE;
-  }
-  json_t *j = query(o->prog, o->addr, "/api/edges", q);
-  if (!j) return MESHCTL_FAILED;
-  if (!strcmp(o->out, "json")) {
-    int rc = print_json(j);
-    json_decref(j);
-    return rc;
-  }
+  int rc;
+  bool too_long = !qadd(q, sizeof q, "kind", npos ? pos[0] : "deploy") || !qadd(q, sizeof q, "namespace", o->ns) ||
+                   (o->all && !qadd(q, sizeof q, "all_namespaces", "true"));
+  json_t *j = fetch(o, "/api/edges", q, too_long, &rc);
+  if (!j) return rc;
   bool wide = !strcmp(o->out, "wide");
   table t = {.head = {"SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "CLIENT_ID", "SERVER_ID", "MSG"},
              .ncols = wide ? 8 : 7};
