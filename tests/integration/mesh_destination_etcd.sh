@@ -7,51 +7,10 @@ meshd=$(realpath "$3")
 pki=$(realpath "$4")
 peers=$(realpath "$5")
 etcd=$(command -v etcd)
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'echo "FAIL: line $LINENO: a setup command failed"' ERR
-cd "$tmp"
-failures=0 checks=0
+. "$(dirname "$(realpath "$0")")/checks_lib.sh"
 PY=/usr/bin/python3 # Debian's: a pyenv shim costs seconds a call
 GET=/io.linkerd.proxy.destination.Destination/Get
 PROFILE=/io.linkerd.proxy.destination.Destination/GetProfile
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-matches() { # NAME FILE REGEX
-  checks=$((checks + 1))
-  grep -qE -- "$3" "$2" || { fail "$1: nothing matches /$3/ in $2:"; sed 's/^/  /' "$2"; }
-}
-equals() { # NAME GOT WANT
-  checks=$((checks + 1))
-  [ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
-}
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-# within NAME MS FILE REGEX: FILE gets a line matching REGEX within MS milliseconds; sets $took.
-within() {
-  local t0 deadline
-  t0=$(now_ms)
-  deadline=$((t0 + $2))
-  checks=$((checks + 1))
-  while ! grep -qE -- "$4" "$3" 2>/dev/null; do
-    if [ "$(now_ms)" -gt "$deadline" ]; then
-      fail "$1: no line matching /$4/ in $3 within $2 ms:"
-      sed 's/^/  /' "$3"
-      took=-1
-      return
-    fi
-    sleep 0.01
-  done
-  took=$(($(now_ms) - t0))
-}
 
 # Nine free loopback ports: three members' client and peer ports, an application, meshd's.
 read -r -a ports <<<"$("$PY" -c '

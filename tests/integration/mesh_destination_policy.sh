@@ -4,38 +4,11 @@ set -euo pipefail
 daemon=$(realpath "$1")
 meshctl=$(realpath "$2")
 seed=$(realpath "$3")
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'echo "FAIL: line $LINENO: a setup command failed"' ERR
-cd "$tmp"
+. "$(dirname "$(realpath "$0")")/checks_lib.sh"
 mkdir store
-failures=0 checks=0
 WATCH=/io.linkerd.proxy.inbound.InboundServerPolicies/WatchWorkload
 GET=/io.linkerd.proxy.destination.Destination/Get
 
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# matches NAME FILE REGEX: some line of FILE matches the extended REGEX.
-matches() {
-  checks=$((checks + 1))
-  grep -qE -- "$3" "$2" || { fail "$1: nothing matches /$3/ in $2:"; sed 's/^/  /' "$2"; }
-}
-
-equals() { # NAME GOT WANT
-  checks=$((checks + 1))
-  [ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
-}
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 lines() { wc -l <"$1" | tr -d ' '; }
 
 # lines_within NAME MS FILE N: FILE has N lines within MS milliseconds; sets $took.
