@@ -233,7 +233,8 @@ int mesh_manifest_load_buffer(mesh_ctx *ctx, const char *file, const char *buf, 
   return 0;
 }
 
-bool mesh__manifest_file_name(const char *n) {
+int mesh_manifest_file_name(const char *n) {
+  if (!n) return 0;
   size_t l = strlen(n);
   if (n[0] == '.') return false; /* editors' and tools' temporary files */
   return (l > 5 && !strcmp(n + l - 5, ".yaml")) || (l > 4 && !strcmp(n + l - 4, ".yml")) ||

@@ -12,9 +12,6 @@
 
 /* The tree of document i, owned by m. */
 const mesh__node *mesh__manifest_node(const mesh_manifest *m, size_t i);
-/* Whether a directory entry is a manifest file: *.yaml, *.yml or *.json,
- * not hidden (editors' temporary files). */
-bool mesh__manifest_file_name(const char *name);
 /* All of fd, at most MESH_MANIFEST_MAX_BYTES (MESH_ERR_LIMIT past it),
  * into *ret (freed with mesh__free) and *ret_len; name is for diagnostics.
  * MESH_ERR_IO, MESH_ERR_NOMEM. The caller closes fd. */

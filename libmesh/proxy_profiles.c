@@ -158,7 +158,7 @@ int mesh__proxy_dir_files(mesh_ctx *ctx, const char *dir, char ***ret, size_t *n
   int rc = v ? 0 : MESH_ERR_NOMEM;
   struct dirent *e;
   while (!rc && (e = readdir(dh))) {
-    if (!mesh__manifest_file_name(e->d_name)) continue;
+    if (!mesh_manifest_file_name(e->d_name)) continue;
     if (k == PROFILE_FILES_MAX) {
       *why = "more than 1000 manifest files";
       rc = MESH_ERR_LIMIT;
@@ -194,7 +194,7 @@ uint64_t mesh__proxy_dir_stamp(const char *dir) {
   struct dirent *e;
   char path[4096];
   while ((e = readdir(dh))) {
-    if (!mesh__manifest_file_name(e->d_name)) continue;
+    if (!mesh_manifest_file_name(e->d_name)) continue;
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     struct stat st;
     if (stat(path, &st) != 0) continue;

@@ -1678,7 +1678,7 @@ static int read_dir(mesh_store *st, mesh_diags *diags, file_buf **ret, size_t *r
   int rc = 0;
   struct dirent *e;
   while (rc == 0 && (e = readdir(d))) {
-    if (!mesh__manifest_file_name(e->d_name)) continue;
+    if (!mesh_manifest_file_name(e->d_name)) continue;
     if (n == MESH_STORE_MAX_FILES) {
       mesh__diag_add(diags, MESH_DIAG_ERROR, dir, 0, 0, "more than %u manifest files",
                      (unsigned)MESH_STORE_MAX_FILES);

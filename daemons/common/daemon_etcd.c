@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mesh/manifest.h>
+
 #include "daemon_etcd.h"
 
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -77,14 +79,7 @@ int etcd_key_kind(const char *prefix, const char *key, char *src, size_t cap) {
   }
   const char *base = strrchr(rest, '/');
   base = base ? base + 1 : rest;
-  if (*base == '.' || !*base) return ETCD_KEY_OTHER; /* hidden, as the directory store skips them */
-  static const char *const suffixes[] = {".yaml", ".yml", ".json"};
-  size_t n = strlen(base);
-  for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-    size_t s = strlen(suffixes[i]);
-    if (n > s && !strcmp(base + n - s, suffixes[i])) return ETCD_KEY_MANIFEST;
-  }
-  return ETCD_KEY_OTHER;
+  return mesh_manifest_file_name(base) ? ETCD_KEY_MANIFEST : ETCD_KEY_OTHER;
 }
 
 char *etcd_registration_key(const char *prefix, const char *ns, const char *name) {

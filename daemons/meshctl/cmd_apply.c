@@ -165,7 +165,7 @@ static bool dir_read(target *t, entries *es) {
   bool ok = true;
   struct dirent *de;
   while (ok && (de = readdir(d))) {
-    if (!meshctl_manifest_name(de->d_name)) continue;
+    if (!mesh_manifest_file_name(de->d_name)) continue;
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", t->dir, de->d_name);
     struct stat st;
@@ -230,7 +230,7 @@ static bool expand(const char *prog, const char *arg, entries *in) {
   for (int i = 0; i < n; i++) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", arg, names[i]->d_name);
-    if (ok && meshctl_manifest_name(names[i]->d_name) && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+    if (ok && mesh_manifest_file_name(names[i]->d_name) && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
       found++;
       if (!entries_add(in, strdup(path), strdup(path), NULL, 0)) ok = false;
     }

@@ -552,7 +552,7 @@ static void proxy(report *r, mesh_ctx *ctx, const char *addr, const trust *t, ui
 
 /* ---- the manifests ---- */
 
-static int pick(const struct dirent *e) { return meshctl_manifest_name(e->d_name); }
+static int pick(const struct dirent *e) { return mesh_manifest_file_name(e->d_name); }
 
 /* As `meshctl validate -f DIR` judges them, one file at a time. */
 static void manifests(report *r, mesh_ctx *ctx, const char *dir) {

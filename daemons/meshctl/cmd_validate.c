@@ -59,17 +59,6 @@ static result *add(results *rs, const char *path, const char *file) {
   return r;
 }
 
-bool meshctl_manifest_name(const char *name) {
-  static const char *const suffixes[] = {".yaml", ".yml", ".json"};
-  size_t n = strlen(name);
-  if (name[0] == '.') return false; /* hidden files, as a shell glob skips them */
-  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-    size_t s = strlen(suffixes[i]);
-    if (n > s && strcmp(name + n - s, suffixes[i]) == 0) return true;
-  }
-  return false;
-}
-
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -88,7 +77,7 @@ static bool expand_dir(const char *prog, results *rs, const char *dir) {
   bool ok = true;
   struct dirent *e;
   while (ok && (e = readdir(d))) {
-    if (!meshctl_manifest_name(e->d_name)) continue;
+    if (!mesh_manifest_file_name(e->d_name)) continue;
     size_t dl = strlen(dir);
     char *p = malloc(dl + strlen(e->d_name) + 2);
     if (!p) {

@@ -73,9 +73,6 @@ int meshctl_cert_dates(const char *kind, uint64_t not_before, uint64_t not_after
 bool meshctl_certs_load(mesh_ctx *ctx, const char *path, char **text, size_t *len,
                         mesh_certs **ret, char *why, size_t size);
 
-/* cmd_validate.c: whether a directory entry is a manifest (*.yaml, *.yml,
- * *.json, not hidden), as `meshctl validate -f DIR` picks them. */
-bool meshctl_manifest_name(const char *name);
 
 /* http.c: GET http://addr/path (addr "HOST:PORT", "[V6]:PORT"), all within
  * timeout_ms, reading at most limit bytes of body. 0 with the status and

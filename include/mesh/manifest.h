@@ -61,6 +61,11 @@ MESH_API uint32_t mesh_manifest_line(const mesh_manifest *m, size_t i);
 MESH_API const mesh_profile *mesh_manifest_profile(const mesh_manifest *m, size_t i);
 MESH_API const mesh_split *mesh_manifest_split(const mesh_manifest *m, size_t i);
 
+/* 1 when a file of that name is a manifest file, as the store, the
+ * --profiles directory and meshctl read them: *.yaml, *.yml or *.json, not
+ * hidden (a leading '.': editors' and tools' temporary files); else 0. */
+MESH_API int mesh_manifest_file_name(const char *name);
+
 /* The RFC 1123 rules for names, as Kubernetes applies them: 1 when s is a
  * label (a namespace or Service: [a-z0-9-], at most 63, no '-' at either
  * end), or a name (labels joined by '.', at most 253); 0 otherwise or NULL. */

@@ -322,6 +322,16 @@ START_TEST(name_rules) {
   ck_assert_int_eq(mesh_dns_name_valid("a..b"), 0);
   ck_assert_int_eq(mesh_dns_name_valid("a.b."), 0);
   ck_assert_int_eq(mesh_dns_name_valid(l64), 0);
+  /* Which files the store, --profiles and meshctl read. */
+  ck_assert_int_eq(mesh_manifest_file_name("web.yaml"), 1);
+  ck_assert_int_eq(mesh_manifest_file_name("web.yml"), 1);
+  ck_assert_int_eq(mesh_manifest_file_name("web.json"), 1);
+  ck_assert_int_eq(mesh_manifest_file_name(".web.yaml.tmp"), 0);
+  ck_assert_int_eq(mesh_manifest_file_name(".web.yaml"), 0);
+  ck_assert_int_eq(mesh_manifest_file_name(".yaml"), 0);
+  ck_assert_int_eq(mesh_manifest_file_name("notes.txt"), 0);
+  ck_assert_int_eq(mesh_manifest_file_name(""), 0);
+  ck_assert_int_eq(mesh_manifest_file_name(NULL), 0);
   uint64_t secs = 0;
   const char *why = NULL;
   ck_assert_int_eq(mesh_duration_parse_s("24h0m0s", &secs, &why), 0);
