@@ -29,7 +29,8 @@ from .errors import (AgainError, ClosedError, ConnectError, DeniedError, Diagnos
                      TLSError, UnavailableError, Unsupported, strerror)
 from .identity import (CA, Certificate, Certs, Csr, Identity, Key, San, SanType, renew_at,
                        retry_delay_ms)
-from .manifest import Document, Kind, Manifest, dns_label_valid, dns_name_valid, duration_seconds
+from .manifest import (Document, Kind, Manifest, dns_label_valid, dns_name_valid, duration_seconds,
+                       manifest_file_name)
 from .profile import (DEFAULT_BUDGET, ROUTE_DEFAULT_TIMEOUT_MS, Profile, RetryBudget, Route,
                       classify_default)
 from .retry import BACKOFF_BASE_MS, BACKOFF_MAX_MS, Budget, backoff_ms, now_ms
@@ -67,7 +68,7 @@ __all__ = [
     "RangeError", "MeshIOError", "LimitError", "Unsupported", "TLSError", "IdentityError",
     "ExpiredError", "DeniedError", "MeshTimeoutError", "ConnectError", "ClosedError",
     "AgainError", "UnavailableError",
-    "Manifest", "Document", "Kind",
+    "Manifest", "Document", "Kind", "manifest_file_name",
     "Profile", "Route", "RetryBudget", "classify_default", "DEFAULT_BUDGET",
     "ROUTE_DEFAULT_TIMEOUT_MS",
     "Split", "Backend", "WEIGHT_TOTAL",

@@ -224,6 +224,7 @@ _PROTOTYPES = {
     "mesh_manifest_line": (c_uint32, [manifest_p, c_size_t]),
     "mesh_manifest_profile": (profile_p, [manifest_p, c_size_t]),
     "mesh_manifest_split": (split_p, [manifest_p, c_size_t]),
+    "mesh_manifest_file_name": (c_int, [c_char_p]),
     "mesh_dns_label_valid": (c_int, [c_char_p]),
     "mesh_dns_name_valid": (c_int, [c_char_p]),
     "mesh_duration_parse_s": (c_int, [c_char_p, POINTER(c_uint64), POINTER(c_char_p)]),

@@ -161,6 +161,11 @@ class Manifest(Handle):
                                                    " closed" if self.closed else "")
 
 
+def manifest_file_name(name: str) -> bool:
+    """True when a file of that name is a manifest the store reads (*.yaml, *.yml, *.json, not hidden)."""
+    return bool(lib.mesh_manifest_file_name(cstr(name, "name")))
+
+
 def dns_label_valid(s: str) -> bool:
     """True when s is an RFC 1123 label, as Kubernetes names namespaces and Services."""
     return bool(lib.mesh_dns_label_valid(cstr(s, "name")))

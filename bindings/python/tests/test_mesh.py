@@ -266,6 +266,12 @@ class TestSeedManifests(unittest.TestCase):
         m2 = mesh.Manifest.loads(data.decode())
         self.assertTrue(all(w.file == "<input>" for w in m2.warnings))
 
+    def test_manifest_file_names(self):
+        self.assertTrue(mesh.manifest_file_name("web.yaml"))
+        self.assertTrue(mesh.manifest_file_name("web.json"))
+        self.assertFalse(mesh.manifest_file_name(".web.yaml.tmp"))
+        self.assertFalse(mesh.manifest_file_name("notes.txt"))
+
     def test_path_like(self):
         import pathlib
         m = mesh.Manifest.load(pathlib.Path(seed("traffic-splits.yaml")))
