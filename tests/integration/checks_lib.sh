@@ -55,3 +55,10 @@ within() {
   done
   took=$(($(now_ms) - t0))
 }
+
+# put NAME: stdin into store/NAME, written whole (a temporary file renamed),
+# as an editor or a deploy tool does: the store never reads half a file.
+put() {
+  cat >"store/.$1.tmp"
+  mv "store/.$1.tmp" "store/$1"
+}

@@ -9,11 +9,6 @@ mkdir store
 GET=/io.linkerd.proxy.destination.Destination/Get
 PROFILE=/io.linkerd.proxy.destination.Destination/GetProfile
 
-# put NAME: a manifest file written whole (a temporary file renamed), as an editor or a deploy tool does.
-put() {
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 
 metric() { # NAME_WITH_LABELS: the value of a sample on /metrics
   timeout 10 curl -sS "http://127.0.0.1:$APORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'

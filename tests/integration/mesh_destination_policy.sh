@@ -35,10 +35,6 @@ line() { sed -n "$1p" "$2"; }
 # docs N FILE: "Kind/name ..." of the documents of line N.
 docs() { line "$1" "$2" | jq -r '[.documents[] | .kind + "/" + .metadata.name] | join(" ")'; }
 
-put() { # NAME: a manifest written whole (a temporary file renamed), as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 
 metric() { # NAME_WITH_LABELS: the value of a sample on /metrics
   timeout 10 curl -sS "http://127.0.0.1:$APORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'

@@ -16,10 +16,6 @@ timeout 60 "$PY" "$peers" backend "$P_APP" app >app.log 2>&1 &
 pids+=($!)
 
 mkdir store
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 service() { # NAME ANNOTATIONS (YAML lines, indented four)
   put "svc-$1.yaml" <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1

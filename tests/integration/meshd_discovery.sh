@@ -25,10 +25,6 @@ pids+=($!)
 
 # ---- the store: a Service and two Workloads, each with its own meshd -------------------
 mkdir store
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 put web.yaml <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1
 kind: Service

@@ -114,10 +114,6 @@ ok "queue capacity 2: the third waiting request got 503 load_shed in $ms ms; aba
 
 # ---- discovery: a known service with no endpoint yet, then a Workload appears ----------------
 mkdir store
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 put api.yaml <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1
 kind: Service

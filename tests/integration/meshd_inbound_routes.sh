@@ -22,10 +22,6 @@ pids+=($!)
 
 # ---- the store: web and api on one Workload with its own meshd; profiles for both ------------
 mkdir store slocal clocal
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 for s in web api; do
   put "svc-$s.yaml" <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1

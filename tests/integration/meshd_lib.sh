@@ -25,3 +25,10 @@ wait_http() { # url: until it answers 200, for at most 5 s
   for _ in $(seq 100); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
   fail "$1 does not answer"
 }
+
+# put NAME: stdin into store/NAME, written whole (a temporary file renamed),
+# as an editor or a deploy tool does: the store never reads half a file.
+put() {
+  cat >"store/.$1.tmp"
+  mv "store/.$1.tmp" "store/$1"
+}

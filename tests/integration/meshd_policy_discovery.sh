@@ -21,10 +21,6 @@ pids+=($!)
 
 # ---- the store: a Service, the Workload web-1 (app=web), a Server and its authorization ----
 mkdir store
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 put web.yaml <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1
 kind: Service

@@ -23,10 +23,6 @@ done
 
 # ---- the store: three Services on one Workload (no proxy: plain HTTP to the app) -------
 mkdir store local
-put() { # NAME: written whole, as a deploy tool does
-  cat >"store/.$1.tmp"
-  mv "store/.$1.tmp" "store/$1"
-}
 service() { # NAME TARGET-PORT-NAME
   put "svc-$1.yaml" <<EOF
 apiVersion: mesh.libmesh.io/v1alpha1
